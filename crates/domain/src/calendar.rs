@@ -1,0 +1,1 @@
+//! Work calendar (placeholder, written next).
