@@ -2,6 +2,8 @@
 //! work calendar.
 
 pub mod calendar;
+pub mod case;
 pub mod codes;
+pub mod grids;
 
 pub use codes::{CodeError, GridCode, OrgCode, OrgLevel, Scope};

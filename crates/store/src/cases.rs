@@ -1,0 +1,200 @@
+//! The case log: events, the projection they lead to, report numbers and the idempotency keys.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use prost::Message;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+use wangge_domain::case::{state_name, tier_name};
+use wangge_proto as pb;
+
+use crate::{Error, Result};
+
+fn decode_case(bytes: &[u8]) -> Result<pb::Case> {
+    pb::Case::decode(bytes).map_err(|source| Error::Corrupt { what: "case", source })
+}
+
+fn decode_event(bytes: &[u8]) -> Result<pb::CaseEvent> {
+    pb::CaseEvent::decode(bytes).map_err(|source| Error::Corrupt { what: "case event", source })
+}
+
+fn timestamp(ts: Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    ts.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
+        .unwrap_or_default()
+}
+
+/// The case, locked for the rest of the transaction when `lock` is set.
+pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<pb::Case>> {
+    let sql = if lock {
+        "SELECT snapshot FROM cases WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT snapshot FROM cases WHERE id = $1"
+    };
+    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
+    row.map(|r| decode_case(r.get::<&[u8], _>(0))).transpose()
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<pb::Case>> {
+    let mut conn = pool.acquire().await?;
+    load(&mut conn, id, false).await
+}
+
+/// The case a field app's report created, by the app's own id.
+pub async fn by_client_id(conn: &mut PgConnection, client_id: &str) -> Result<Option<pb::Case>> {
+    let row = sqlx::query("SELECT snapshot FROM cases WHERE client_id = $1")
+        .bind(client_id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| decode_case(r.get::<&[u8], _>(0))).transpose()
+}
+
+/// Stores an event and the projection it led to. The first event inserts the case.
+pub async fn append(conn: &mut PgConnection, after: &pb::Case, event: &pb::CaseEvent) -> Result<()> {
+    let id: Uuid = after.id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let event_id: Uuid = event.event_id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let owner = after.owner.clone().unwrap_or_default();
+    let location = after.location.unwrap_or_default();
+    let department = Some(after.department_code.as_str()).filter(|d| !d.is_empty());
+    let check_outcome = match after.check_outcome() {
+        pb::CheckOutcome::Unspecified => None,
+        pb::CheckOutcome::Pending => Some("pending"),
+        pb::CheckOutcome::Passed => Some("passed"),
+        pb::CheckOutcome::Failed => Some("failed"),
+    };
+    let check_by = match after.check_requested_by() {
+        pb::Tier::Unspecified => None,
+        tier => Some(tier_name(tier)),
+    };
+    sqlx::query(
+        "INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
+                            grid_code, state, owner_tier, owner_org, department, check_outcome, check_by_tier,
+                            urgency, reporter_id, captured_at, reported_at, updated_at, version, snapshot)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+         ON CONFLICT (id) DO UPDATE SET
+            state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
+            department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
+            check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
+            version = EXCLUDED.version, snapshot = EXCLUDED.snapshot",
+    )
+    .bind(id)
+    .bind(&after.number)
+    .bind(&after.client_id)
+    .bind(&after.category_code)
+    .bind(&after.description)
+    .bind(location.longitude)
+    .bind(location.latitude)
+    .bind(&after.grid_code)
+    .bind(state_name(after.state()))
+    .bind(tier_name(owner.tier()))
+    .bind(&owner.org_code)
+    .bind(department)
+    .bind(check_outcome)
+    .bind(check_by)
+    .bind(after.urgency().as_str_name())
+    .bind(after.reporter.as_ref().map(|a| a.id.as_str()).unwrap_or_default())
+    .bind(timestamp(after.captured_at))
+    .bind(timestamp(after.reported_at))
+    .bind(timestamp(after.updated_at))
+    .bind(after.version as i64)
+    .bind(after.encode_to_vec())
+    .execute(&mut *conn)
+    .await?;
+
+    let kind = event.kind.as_ref().map(wangge_domain::case::kind_name).unwrap_or("none");
+    sqlx::query(
+        "INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(event_id)
+    .bind(id)
+    .bind(event.seq as i64)
+    .bind(timestamp(event.at))
+    .bind(tier_name(event.tier()))
+    .bind(kind)
+    .bind(event.encode_to_vec())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The whole history of a case, oldest first.
+pub async fn events(pool: &PgPool, case_id: Uuid) -> Result<Vec<pb::CaseEvent>> {
+    let rows = sqlx::query("SELECT body FROM case_events WHERE case_id = $1 ORDER BY seq")
+        .bind(case_id)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| decode_event(r.get::<&[u8], _>(0))).collect()
+}
+
+/// The next daily report number of a community: 350205002006-20261126-0042.
+pub async fn next_number(conn: &mut PgConnection, community: &str, day: NaiveDate) -> Result<String> {
+    let last: i32 = sqlx::query_scalar(
+        "INSERT INTO case_numbers (community_code, day, last) VALUES ($1, $2, 1)
+         ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + 1
+         RETURNING last",
+    )
+    .bind(community)
+    .bind(day)
+    .fetch_one(conn)
+    .await?;
+    Ok(format!("{community}-{}-{last:04}", day.format("%Y%m%d")))
+}
+
+/// Which cases a listing wants.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Database state names; empty means all.
+    pub states: Vec<String>,
+    /// A grid code prefix: the scope, or a part of it.
+    pub grid_prefix: String,
+    /// Only cases held by this tier.
+    pub owner_tier: Option<String>,
+    pub department: Option<String>,
+    /// Only cases in CHECKING with a pending check.
+    pub pending_check: bool,
+    /// Cases with an id above this one (ids are UUIDv7, so in report order).
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
+    let rows = sqlx::query(
+        "SELECT snapshot FROM cases
+         WHERE grid_code LIKE $1 || '%'
+           AND (cardinality($2::text[]) = 0 OR state = ANY($2))
+           AND ($3::text IS NULL OR owner_tier = $3)
+           AND ($4::text IS NULL OR department = $4)
+           AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending'))
+           AND ($6::uuid IS NULL OR id > $6)
+         ORDER BY id
+         LIMIT $7",
+    )
+    .bind(&filter.grid_prefix)
+    .bind(&filter.states)
+    .bind(&filter.owner_tier)
+    .bind(&filter.department)
+    .bind(filter.pending_check)
+    .bind(filter.after)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(|r| decode_case(r.get::<&[u8], _>(0))).collect()
+}
+
+/// Claims an event id in the inbox; false when it was applied before.
+pub async fn claim_inbox(conn: &mut PgConnection, event_id: Uuid) -> Result<bool> {
+    let done = sqlx::query("INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(event_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Keeps a message that cannot be applied, with the reason.
+pub async fn dead_letter(pool: &PgPool, subject: &str, body: &[u8], error: &str) -> Result<()> {
+    sqlx::query("INSERT INTO dead_letters (subject, body, error) VALUES ($1, $2, $3)")
+        .bind(subject)
+        .bind(body)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

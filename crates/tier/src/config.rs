@@ -1,0 +1,155 @@
+//! Typed, layered configuration: defaults, a TOML file, `WANGGE_` environment variables, flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use wangge_proto::Tier;
+
+/// How a tier service is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// The org code (or its 6/9/12-digit prefix) this instance serves.
+    pub scope: String,
+    /// Where gRPC (and grpc-web) is served.
+    pub listen: SocketAddr,
+    /// The tier's own PostgreSQL database.
+    #[serde(serialize_with = "redacted_url")]
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    /// Comma-separated NATS server URLs.
+    pub nats_url: String,
+    /// Consumer names are `<tier>-<scope>` unless set: instances sharing one share the work.
+    pub consumer_name: Option<String>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// An env-filter directive, e.g. `info,wangge=debug`.
+    pub filter: String,
+}
+
+fn redacted_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    let url = url.expose_secret();
+    // Hide a password between "user:" and "@".
+    let shown = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+            let user_end = scheme + 3 + url[scheme + 3..at].find(':').unwrap_or(0);
+            format!("{}:***{}", &url[..user_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    };
+    s.serialize_str(&shown)
+}
+
+impl Config {
+    /// Defaults for a laptop: everything on 127.0.0.1, one database per tier, Haicang as scope.
+    pub fn defaults(tier: Tier) -> Config {
+        let (name, port) = match tier {
+            Tier::Village => ("village", 50051),
+            Tier::Street => ("street", 50052),
+            Tier::District | Tier::Unspecified => ("district", 50053),
+        };
+        Config {
+            scope: "350205".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            database_url: format!("postgres://postgres@127.0.0.1:5432/wangge_{name}").into(),
+            database_max_connections: 16,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            consumer_name: None,
+            log: LogConfig { format: "text".into(), filter: "info".into() },
+        }
+    }
+}
+
+/// Command-line flags of a tier service; they win over the file and the environment.
+#[derive(Debug, Parser)]
+pub struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, short, env = "WANGGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Org code or prefix to serve (e.g. 350205 for Haicang, 350205002 for 新阳街道).
+    #[arg(long)]
+    pub scope: Option<String>,
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+}
+
+#[derive(Serialize)]
+struct Overrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_url: Option<&'a String>,
+}
+
+impl Cli {
+    /// Layers defaults, the file, `WANGGE_*` variables and these flags.
+    pub fn load(&self, tier: Tier) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::defaults(tier)));
+        if let Some(path) = &self.config {
+            anyhow::ensure!(path.exists(), "configuration file {} does not exist", path.display());
+            figment = figment.merge(Toml::file(path));
+        }
+        let overrides = Overrides {
+            scope: self.scope.as_ref(),
+            listen: self.listen,
+            database_url: self.database_url.as_ref(),
+            nats_url: self.nats_url.as_ref(),
+        };
+        let config: Config = figment
+            .merge(Env::prefixed("WANGGE_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()?;
+        config.scope.parse::<wangge_domain::Scope>().map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+        Ok(config)
+    }
+}
+
+/// The configuration as TOML, secrets redacted.
+pub fn dump(config: &Config) -> anyhow::Result<String> {
+    Ok(toml::to_string(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_hides_the_database_password() {
+        let mut config = Config::defaults(Tier::Street);
+        config.database_url = "postgres://wangge:hunter2@db:5432/street".to_owned().into();
+        let text = dump(&config).unwrap();
+        assert!(text.contains("postgres://wangge:***@db:5432/street"), "{text}");
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("[log]"));
+    }
+
+    #[test]
+    fn flags_win_over_defaults_and_bad_scopes_are_refused() {
+        let cli = Cli::parse_from(["x", "--scope", "350205002", "--listen", "127.0.0.1:1"]);
+        let config = cli.load(Tier::Street).unwrap();
+        assert_eq!(config.scope, "350205002");
+        assert_eq!(config.listen.port(), 1);
+        let cli = Cli::parse_from(["x", "--scope", "35"]);
+        assert!(cli.load(Tier::Street).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The command console of a command center and the department handlers' service: the street and
+//! the district serve both, each for its own cases and departments.
+
+use tonic::{Request, Response, Status};
+use wangge_domain::GridCode;
+use wangge_domain::case::{owner_for, tier_name};
+use wangge_proto as pb;
+use wangge_proto::case_event::Kind;
+use wangge_store::{cases, registry};
+
+use crate::actor::actor;
+use crate::engine::{Action, parse_case_id};
+use crate::query::state_names;
+use crate::watch::{UpdateStream, state_matches, watch};
+use crate::{Error, Shared};
+
+/// `wangge.v1.CommandConsoleService`.
+#[derive(Debug, Clone)]
+pub struct Console(pub Shared);
+
+impl Console {
+    fn operator(&self) -> pb::Role {
+        match self.0.engine.tier() {
+            pb::Tier::District => pb::Role::DistrictOperator,
+            _ => pb::Role::StreetOperator,
+        }
+    }
+
+    async fn act(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+        role: pb::Role,
+        kind: impl FnOnce(&pb::Case, &str) -> Kind,
+    ) -> Result<Response<pb::Case>, Status> {
+        let actor = actor(&request, role)?;
+        let request = request.into_inner();
+        let id = parse_case_id(&request.case_id)?;
+        let engine = &self.0.engine;
+        let case = engine.case(id).await?;
+        let action = Action { actor, kind: kind(&case, &request.note), note: request.note, attachments: request.attachments };
+        Ok(Response::new(engine.act(id, action).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::command_console_service_server::CommandConsoleService for Console {
+    type WatchCasesStream = UpdateStream;
+
+    async fn watch_cases(
+        &self,
+        request: Request<pb::WatchCasesRequest>,
+    ) -> Result<Response<Self::WatchCasesStream>, Status> {
+        actor(&request, self.operator())?;
+        let request = request.into_inner();
+        let names = state_names(&request.states)?;
+        let engine = &self.0.engine;
+        let live = engine.subscribe();
+        let mut initial = Vec::new();
+        if request.include_existing {
+            let filter = cases::Filter {
+                states: names,
+                grid_prefix: engine.scope().prefix().to_owned(),
+                limit: 10_000,
+                ..Default::default()
+            };
+            let existing = cases::list(engine.pool(), &filter).await.map_err(Error::from)?;
+            initial = existing.into_iter().map(|case| pb::CaseUpdate { case: Some(case), event: None }).collect();
+        }
+        let states = request.states;
+        let stream = watch(&self.0, live, initial, move |update| {
+            update.case.as_ref().is_some_and(|case| state_matches(&states, case))
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn accept_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |_, _| Kind::Accepted(pb::Accepted {})).await
+    }
+
+    async fn reject_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, pb::Role::DutyChief, |_, note| Kind::Rejected(pb::Rejected { reason: note.to_owned() }))
+            .await
+    }
+
+    async fn dispatch_case(&self, request: Request<pb::DispatchCaseRequest>) -> Result<Response<pb::Case>, Status> {
+        let actor = actor(&request, self.operator())?;
+        let request = request.into_inner();
+        let id = parse_case_id(&request.case_id)?;
+        let engine = &self.0.engine;
+        let case = engine.case(id).await?;
+        let code = request.department_code.trim();
+        if code.is_empty() {
+            return Err(Error::invalid("department_code", "required").into());
+        }
+        let department = registry::department_by_code(engine.pool(), code)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::invalid("department_code", format!("unknown department {code:?}")))?;
+        // A center dispatches to the departments of its own org: the street to the street's, the
+        // district to the district's.
+        let grid: GridCode = case.grid_code.parse().map_err(|e| Error::invalid("grid_code", format!("{e}")))?;
+        let org = owner_for(engine.tier(), &grid).org_code;
+        if department.org_code != org {
+            return Err(Error::FailedPrecondition(format!(
+                "department {code} belongs to {}, not to the {} center {org}",
+                department.org_code,
+                tier_name(engine.tier())
+            ))
+            .into());
+        }
+        let action = Action {
+            actor,
+            note: request.note,
+            attachments: Vec::new(),
+            kind: Kind::Dispatched(pb::Dispatched { department_code: department.code }),
+        };
+        Ok(Response::new(engine.act(id, action).await?))
+    }
+
+    async fn request_check(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |case, _| {
+            Kind::CheckRequested(pb::CheckRequested { community_code: case.community_code.clone() })
+        })
+        .await
+    }
+
+    async fn rework_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |case, _| {
+            Kind::Reworked(pb::Reworked { department_code: case.department_code.clone() })
+        })
+        .await
+    }
+
+    async fn close_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, pb::Role::DutyChief, |_, _| Kind::Closed(pb::Closed {})).await
+    }
+
+    async fn escalate_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |_, note| Kind::Escalated(pb::Escalated { reason: note.to_owned() }))
+            .await
+    }
+}
+
+/// `wangge.v1.DepartmentService`.
+#[derive(Debug, Clone)]
+pub struct Departments(pub Shared);
+
+impl Departments {
+    /// The department, which must belong to this tier's scope.
+    async fn department(&self, code: &str) -> Result<pb::Department, Error> {
+        let code = code.trim();
+        if code.is_empty() {
+            return Err(Error::invalid("department_code", "required"));
+        }
+        let engine = &self.0.engine;
+        registry::department_by_code(engine.pool(), code)
+            .await?
+            .filter(|d| d.org_code.starts_with(engine.scope().prefix()))
+            .ok_or_else(|| Error::NotFound(format!("department {code} in scope {}", engine.scope())))
+    }
+
+    async fn act(
+        &self,
+        request: Request<pb::DepartmentActionRequest>,
+        kind: impl FnOnce(String, String) -> Kind,
+    ) -> Result<Response<pb::Case>, Status> {
+        let actor = actor(&request, pb::Role::DepartmentHandler)?;
+        let request = request.into_inner();
+        let id = parse_case_id(&request.case_id)?;
+        let department = self.department(&request.department_code).await?;
+        let action = Action {
+            actor,
+            kind: kind(department.code, request.note.clone()),
+            note: request.note,
+            attachments: request.attachments,
+        };
+        Ok(Response::new(self.0.engine.act(id, action).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::department_service_server::DepartmentService for Departments {
+    async fn list_assigned(
+        &self,
+        request: Request<pb::ListAssignedRequest>,
+    ) -> Result<Response<pb::ListAssignedResponse>, Status> {
+        actor(&request, pb::Role::DepartmentHandler)?;
+        let department = self.department(&request.get_ref().department_code).await?;
+        let engine = &self.0.engine;
+        let filter = cases::Filter {
+            states: vec!["dispatched".into(), "in_progress".into()],
+            grid_prefix: engine.scope().prefix().to_owned(),
+            department: Some(department.code),
+            limit: 1000,
+            ..Default::default()
+        };
+        let cases = cases::list(engine.pool(), &filter).await.map_err(Error::from)?;
+        Ok(Response::new(pb::ListAssignedResponse { cases }))
+    }
+
+    async fn sign_case(&self, request: Request<pb::DepartmentActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, |department_code, _| Kind::Signed(pb::Signed { department_code })).await
+    }
+
+    async fn return_case(&self, request: Request<pb::DepartmentActionRequest>) -> Result<Response<pb::Case>, Status> {
+        self.act(request, |department_code, reason| {
+            Kind::ReturnRequested(pb::ReturnRequested { department_code, reason })
+        })
+        .await
+    }
+
+    async fn report_handled(
+        &self,
+        request: Request<pb::DepartmentActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, |department_code, result| Kind::Handled(pb::Handled { department_code, result })).await
+    }
+}

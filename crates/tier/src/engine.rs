@@ -1,0 +1,315 @@
+//! The case engine of a tier: authors events on the cases this tier holds, applies events
+//! replicated from the other tiers, and tells watchers about every change.
+//!
+//! Write path: lock the case row, run the state machine, store event + projection + outbox row in
+//! one transaction, wake the relay. Read path (from NATS): inbox key + sequence check, the same
+//! state machine, one transaction, then the ack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use prost::Message;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tracing::{debug, error, info, instrument, warn};
+use uuid::Uuid;
+use wangge_bus::{Disposition, Handler, RelayHandle};
+use wangge_domain::case::{self as machine, Refusal};
+use wangge_domain::grids::GridIndex;
+use wangge_domain::{GridCode, Scope};
+use wangge_proto as pb;
+use wangge_proto::case_event::Kind;
+use wangge_store::{cases, outbox};
+
+use crate::Error;
+
+/// The tier's case engine, shared by its gRPC services and its bus consumer.
+#[derive(Debug)]
+pub struct Engine {
+    tier: pb::Tier,
+    scope: Scope,
+    pool: PgPool,
+    grids: GridIndex,
+    relay: RelayHandle,
+    updates: broadcast::Sender<pb::CaseUpdate>,
+}
+
+/// A report as the field app sent it, checked field by field.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub client_id: String,
+    pub category_code: String,
+    pub description: String,
+    pub location: pb::GeoPoint,
+    pub captured_at: Option<prost_types::Timestamp>,
+    pub urgency: pb::Urgency,
+    pub attachments: Vec<pb::Attachment>,
+    pub self_handling: Option<pb::SelfHandling>,
+}
+
+/// One action on a case by this tier.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub actor: pb::Actor,
+    pub note: String,
+    pub attachments: Vec<pb::Attachment>,
+    pub kind: Kind,
+}
+
+fn now() -> prost_types::Timestamp {
+    let now = Utc::now();
+    prost_types::Timestamp { seconds: now.timestamp(), nanos: now.timestamp_subsec_nanos() as i32 }
+}
+
+/// Case numbers count days in China Standard Time.
+fn china_today() -> chrono::NaiveDate {
+    let offset = FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+    Utc::now().with_timezone(&offset).date_naive()
+}
+
+pub fn parse_case_id(id: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(id.trim()).map_err(|_| Error::invalid("case_id", format!("{id:?} is not a UUID")))
+}
+
+impl Engine {
+    pub fn new(tier: pb::Tier, scope: Scope, pool: PgPool, grids: GridIndex, relay: RelayHandle) -> Engine {
+        let (updates, _) = broadcast::channel(4096);
+        Engine { tier, scope, pool, grids, relay, updates }
+    }
+
+    pub fn tier(&self) -> pb::Tier {
+        self.tier
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn grids(&self) -> &GridIndex {
+        &self.grids
+    }
+
+    /// Every change this tier makes or applies, as it happens.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::CaseUpdate> {
+        self.updates.subscribe()
+    }
+
+    /// A case of this scope.
+    pub async fn case(&self, id: Uuid) -> Result<pb::Case, Error> {
+        cases::get(&self.pool, id)
+            .await?
+            .filter(|c| c.grid_code.starts_with(self.scope.prefix()))
+            .ok_or_else(|| Error::NotFound(format!("case {id}")))
+    }
+
+    /// 上报: takes a grid worker's report. Idempotent on the client id.
+    #[instrument(skip_all, fields(client_id = %report.client_id))]
+    pub async fn report(&self, actor: pb::Actor, report: NewReport) -> Result<pb::Case, Error> {
+        if let Some(existing) = self.by_client_id(&report.client_id).await? {
+            debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
+            return Ok(existing);
+        }
+        let pb::GeoPoint { longitude, latitude } = report.location;
+        let grid = self.grids.locate(longitude, latitude).ok_or_else(|| {
+            Error::invalid(
+                "location",
+                format!("({longitude}, {latitude}) lies outside every grid of scope {}", self.scope),
+            )
+        })?;
+        if !wangge_store::registry::category_exists(&self.pool, &report.category_code).await? {
+            return Err(Error::invalid("category_code", format!("unknown category {:?}", report.category_code)));
+        }
+
+        let case_id = Uuid::now_v7();
+        let at = now();
+        let mut tx = self.pool.begin().await?;
+        let number = cases::next_number(&mut tx, grid.community().as_str(), china_today()).await?;
+        let event = pb::CaseEvent {
+            event_id: Uuid::now_v7().to_string(),
+            case_id: case_id.to_string(),
+            seq: 1,
+            at: Some(at),
+            tier: pb::Tier::Village as i32,
+            org_code: grid.community().to_string(),
+            actor: Some(actor),
+            note: String::new(),
+            attachments: report.attachments,
+            state_after: 0,
+            owner_after: None,
+            kind: Some(Kind::Reported(pb::Reported {
+                client_id: report.client_id.clone(),
+                number,
+                category_code: report.category_code,
+                description: report.description,
+                location: Some(report.location),
+                grid_code: grid.to_string(),
+                captured_at: report.captured_at.or(Some(at)),
+                urgency: report.urgency as i32,
+                self_handling: report.self_handling,
+            })),
+        };
+        match self.commit(tx, None, event).await {
+            Ok(case) => {
+                info!(case_id = %case.id, number = %case.number, grid = %case.grid_code, "case reported");
+                Ok(case)
+            }
+            // The same report arrived twice at once: the other copy won, return its case.
+            Err(Error::Store(e)) if e.sqlstate().as_deref() == Some("23505") => self
+                .by_client_id(&report.client_id)
+                .await?
+                .ok_or(Error::Store(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn by_client_id(&self, client_id: &str) -> Result<Option<pb::Case>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(cases::by_client_id(&mut conn, client_id)
+            .await?
+            .filter(|c| c.grid_code.starts_with(self.scope.prefix())))
+    }
+
+    /// Appends one event by this tier to a case it holds.
+    #[instrument(skip_all, fields(case_id = %case_id, kind = machine::kind_name(&action.kind)))]
+    pub async fn act(&self, case_id: Uuid, action: Action) -> Result<pb::Case, Error> {
+        let mut tx = self.pool.begin().await?;
+        let case = cases::load(&mut tx, case_id, true)
+            .await?
+            .filter(|c| c.grid_code.starts_with(self.scope.prefix()))
+            .ok_or_else(|| Error::NotFound(format!("case {case_id}")))?;
+        let grid = stored_grid(&case)?;
+        let event = pb::CaseEvent {
+            event_id: Uuid::now_v7().to_string(),
+            case_id: case.id.clone(),
+            seq: case.version + 1,
+            at: Some(now()),
+            tier: self.tier as i32,
+            org_code: machine::owner_for(self.tier, &grid).org_code,
+            actor: Some(action.actor),
+            note: action.note,
+            attachments: action.attachments,
+            state_after: 0,
+            owner_after: None,
+            kind: Some(action.kind),
+        };
+        let case = self.commit(tx, Some(&case), event).await?;
+        info!(state = machine::state_name(case.state()), version = case.version, "case updated");
+        Ok(case)
+    }
+
+    /// Runs the state machine and stores event, projection and outbox row in the caller's transaction.
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        before: Option<&pb::Case>,
+        mut event: pb::CaseEvent,
+    ) -> Result<pb::Case, Error> {
+        let after = machine::apply(before, &event)?;
+        machine::seal(&mut event, &after);
+        let grid = stored_grid(&after)?;
+        cases::append(&mut tx, &after, &event).await?;
+        let event_id = Uuid::parse_str(&event.event_id).map_err(|e| Error::invalid("event_id", e.to_string()))?;
+        let envelope = pb::Envelope {
+            event_id: event.event_id.clone(),
+            trace: Default::default(),
+            body: Some(pb::envelope::Body::CaseEvent(event.clone())),
+        };
+        outbox::enqueue(&mut tx, event_id, &wangge_bus::case_subject(&grid), &envelope.encode_to_vec()).await?;
+        tx.commit().await?;
+        self.relay.wake();
+        // Nobody watching is fine.
+        let _ = self.updates.send(pb::CaseUpdate { case: Some(after.clone()), event: Some(event) });
+        Ok(after)
+    }
+
+    /// Applies an event another tier authored.
+    async fn apply_replicated(&self, event: pb::CaseEvent) -> Result<Applied, Error> {
+        let event_id = Uuid::parse_str(&event.event_id).map_err(|e| Error::invalid("event_id", e.to_string()))?;
+        let case_id = parse_case_id(&event.case_id)?;
+        let mut tx = self.pool.begin().await?;
+        if !cases::claim_inbox(&mut tx, event_id).await? {
+            return Ok(Applied::Duplicate);
+        }
+        let case = cases::load(&mut tx, case_id, true).await?;
+        let version = case.as_ref().map_or(0, |c| c.version);
+        if event.seq <= version {
+            // Our own event coming back, or a copy that came another way.
+            return Ok(Applied::Duplicate);
+        }
+        if event.seq > version + 1 {
+            return Ok(Applied::Gap { have: version });
+        }
+        let after = machine::replay(case.as_ref(), &event)?;
+        cases::append(&mut tx, &after, &event).await?;
+        tx.commit().await?;
+        let _ = self.updates.send(pb::CaseUpdate { case: Some(after), event: Some(event) });
+        Ok(Applied::Applied)
+    }
+}
+
+fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
+    case.grid_code.parse().map_err(|e| Error::invalid("grid_code", format!("{e}")))
+}
+
+enum Applied {
+    Applied,
+    Duplicate,
+    Gap { have: u64 },
+}
+
+/// The bus consumer's view of the engine.
+#[derive(Debug, Clone)]
+pub struct Replicator(pub Arc<Engine>);
+
+impl Handler for Replicator {
+    async fn handle(&self, subject: &str, payload: &[u8]) -> Disposition {
+        let engine = &self.0;
+        let event = match pb::Envelope::decode(payload) {
+            Ok(pb::Envelope { body: Some(pb::envelope::Body::CaseEvent(event)), .. }) => event,
+            Ok(_) => return dead_letter(engine, subject, payload, "envelope without a case event").await,
+            Err(e) => return dead_letter(engine, subject, payload, &format!("undecodable envelope: {e}")).await,
+        };
+        let (case_id, seq) = (event.case_id.clone(), event.seq);
+        match engine.apply_replicated(event).await {
+            Ok(Applied::Applied) => {
+                debug!(%case_id, seq, "replicated event applied");
+                Disposition::Done
+            }
+            Ok(Applied::Duplicate) => Disposition::Done,
+            Ok(Applied::Gap { have }) => {
+                debug!(%case_id, seq, have, "event ahead of its predecessor, retrying later");
+                Disposition::Retry(Duration::from_millis(500))
+            }
+            Err(Error::Refused(refusal @ Refusal::OutOfOrder { .. })) => {
+                debug!(%case_id, seq, %refusal, "event out of order, retrying later");
+                Disposition::Retry(Duration::from_millis(500))
+            }
+            Err(Error::Store(e)) => {
+                warn!(%case_id, seq, error = %e, "could not apply replicated event, retrying");
+                Disposition::Retry(Duration::from_secs(1))
+            }
+            Err(e) => dead_letter(engine, subject, payload, &e.to_string()).await,
+        }
+    }
+}
+
+async fn dead_letter(engine: &Engine, subject: &str, payload: &[u8], reason: &str) -> Disposition {
+    error!(subject, reason, "message kept as a dead letter");
+    match cases::dead_letter(&engine.pool, subject, payload, reason).await {
+        Ok(()) => Disposition::Done,
+        Err(e) => {
+            warn!(error = %e, "could not store dead letter, retrying");
+            Disposition::Retry(Duration::from_secs(1))
+        }
+    }
+}
+
+/// The time a timestamp stands for, for display.
+pub fn to_datetime(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
+}

@@ -1,0 +1,88 @@
+//! The one mapping from what went wrong inside a tier to a gRPC status.
+
+use tonic::Status;
+use tracing::error;
+use wangge_domain::case::Refusal;
+
+/// Everything a tier's gRPC handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: the field and what is wrong with it.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The state machine refused the step.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(transparent)]
+    Store(#[from] wangge_store::Error),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+        Error::InvalidArgument { field, message: message.into() }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        Error::Store(e.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::Refused(refusal) if refusal.is_bad_input() => Status::invalid_argument(refusal.to_string()),
+            Error::Refused(refusal) => Status::failed_precondition(refusal.to_string()),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::Store(store) if store.is_unavailable() => {
+                error!(error = %store, "database unavailable");
+                Status::unavailable("the database is unavailable, try again")
+            }
+            Error::Store(store) => {
+                error!(error = %store, "storage failure");
+                Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_error_maps_to_its_code() {
+        let cases = [
+            (Error::invalid("location", "outside"), Code::InvalidArgument),
+            (Error::NotFound("case x".into()), Code::NotFound),
+            (Error::Refused(Refusal::NoUpperTier("district")), Code::FailedPrecondition),
+            (
+                Error::Refused(Refusal::Malformed { field: "reason", message: "empty".into() }),
+                Code::InvalidArgument,
+            ),
+            (Error::Unauthenticated("who".into()), Code::Unauthenticated),
+            (Error::Store(sqlx::Error::PoolTimedOut.into()), Code::Unavailable),
+            (Error::Store(sqlx::Error::RowNotFound.into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let status = Status::from(Error::Store(sqlx::Error::Protocol("secret detail".into()).into()));
+        assert!(!status.message().contains("secret"));
+    }
+}
