@@ -1,1 +1,8 @@
-//! x
+//! Cross-tier tests: the three tiers against a real nats-server and a real PostgreSQL, driven over
+//! gRPC only.
+
+#![allow(clippy::unwrap_used)]
+
+mod case_loop;
+mod delivery;
+mod edges;

@@ -1,1 +1,61 @@
-//! x
+//! The test harness: brings up the real wangge (a nats-server child process, fresh PostgreSQL
+//! databases, the three tiers in-process or as binaries) and gives typed gRPC clients per tier.
+
+#![allow(clippy::unwrap_used)]
+
+pub mod cluster;
+pub mod db;
+pub mod fixtures;
+pub mod nats;
+pub mod process;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use cluster::{Cluster, TierClients};
+
+/// The repository's seeds folder.
+pub fn seeds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Logs of the code under test, shown for failing tests (`RUST_LOG` to change the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wangge=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes; the error names what was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

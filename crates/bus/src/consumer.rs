@@ -34,8 +34,16 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(js: jetstream::Context, durable: impl Into<String>, filter: impl Into<String>) -> Consumer {
-        Consumer { js, durable: durable.into(), filter: filter.into() }
+    pub fn new(
+        js: jetstream::Context,
+        durable: impl Into<String>,
+        filter: impl Into<String>,
+    ) -> Consumer {
+        Consumer {
+            js,
+            durable: durable.into(),
+            filter: filter.into(),
+        }
     }
 
     async fn open(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
@@ -80,7 +88,11 @@ impl Consumer {
         debug!(durable = %self.durable, "consumer stopped");
     }
 
-    async fn consume<H: Handler>(&self, handler: &H, shutdown: &CancellationToken) -> Result<(), Error> {
+    async fn consume<H: Handler>(
+        &self,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
         let consumer = self.open().await?;
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
@@ -93,7 +105,9 @@ impl Consumer {
                 return Err(Error::Nats("message stream ended".into()));
             };
             let message = message.map_err(Error::nats)?;
-            let disposition = handler.handle(message.subject.as_str(), &message.payload).await;
+            let disposition = handler
+                .handle(message.subject.as_str(), &message.payload)
+                .await;
             let ack = match disposition {
                 Disposition::Done => AckKind::Ack,
                 Disposition::Retry(delay) => AckKind::Nak(Some(delay)),

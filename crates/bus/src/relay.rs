@@ -42,7 +42,13 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(pool: PgPool, js: jetstream::Context) -> Relay {
-        Relay { pool, js, handle: RelayHandle::default(), batch: 256, poll: Duration::from_millis(500) }
+        Relay {
+            pool,
+            js,
+            handle: RelayHandle::default(),
+            batch: 256,
+            poll: Duration::from_millis(500),
+        }
     }
 
     pub fn handle(&self) -> RelayHandle {
@@ -87,10 +93,17 @@ impl Relay {
         let mut acks = Vec::with_capacity(pending.len());
         for message in &pending {
             let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, message.event_id.to_string().as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                message.event_id.to_string().as_str(),
+            );
             let ack = self
                 .js
-                .publish_with_headers(message.subject.clone(), headers, message.body.clone().into())
+                .publish_with_headers(
+                    message.subject.clone(),
+                    headers,
+                    message.body.clone().into(),
+                )
                 .await
                 .map_err(Error::nats)?;
             acks.push(ack.into_future());

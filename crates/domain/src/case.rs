@@ -6,9 +6,9 @@
 //! The same pure [`apply`] runs where an event is authored and wherever it is replicated, so every
 //! tier holds the same projection.
 
-use wangge_proto as pb;
 use pb::case_event::Kind;
 use pb::{CaseState as State, CheckOutcome, Tier};
+use wangge_proto as pb;
 
 use crate::codes::GridCode;
 
@@ -17,13 +17,23 @@ use crate::codes::GridCode;
 pub enum Refusal {
     /// The event itself is malformed (bad input, not a bad moment).
     #[error("{field}: {message}")]
-    Malformed { field: &'static str, message: String },
+    Malformed {
+        field: &'static str,
+        message: String,
+    },
     #[error("case expects event {expected} next, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
     #[error("the case is held by the {owner} tier ({org}), not by the {actor} tier")]
-    NotOwner { owner: &'static str, org: String, actor: &'static str },
+    NotOwner {
+        owner: &'static str,
+        org: String,
+        actor: &'static str,
+    },
     #[error("cannot {action} a case in state {state}")]
-    IllegalTransition { action: &'static str, state: &'static str },
+    IllegalTransition {
+        action: &'static str,
+        state: &'static str,
+    },
     #[error("the case is dispatched to {held_by:?}, not to department {department}")]
     WrongDepartment { department: String, held_by: String },
     #[error("cannot close a case before an on-site check has passed (check: {outcome})")]
@@ -42,7 +52,10 @@ impl Refusal {
 }
 
 fn malformed(field: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal::Malformed { field, message: message.into() }
+    Refusal::Malformed {
+        field,
+        message: message.into(),
+    }
 }
 
 /// Lowercase name of a tier, for messages.
@@ -136,7 +149,10 @@ pub fn owner_for(tier: Tier, grid: &GridCode) -> pb::Owner {
         Tier::Street => grid.street(),
         Tier::District | Tier::Unspecified => grid.district(),
     };
-    pb::Owner { tier: tier as i32, org_code: org.to_string() }
+    pb::Owner {
+        tier: tier as i32,
+        org_code: org.to_string(),
+    }
 }
 
 /// The tier a case is escalated to from `tier`.
@@ -155,13 +171,24 @@ fn owner_tier(case: &pb::Case) -> Tier {
 /// Applies `event` to `case` (None before the first event) and returns the case after it, or why
 /// the event may not follow. Pure: the caller persists the result.
 pub fn apply(case: Option<&pb::Case>, event: &pb::CaseEvent) -> Result<pb::Case, Refusal> {
-    let kind = event.kind.as_ref().ok_or_else(|| malformed("kind", "event has no kind"))?;
+    let kind = event
+        .kind
+        .as_ref()
+        .ok_or_else(|| malformed("kind", "event has no kind"))?;
     let next = match (case, kind) {
         (None, Kind::Reported(report)) => open(event, report)?,
-        (None, _) => return Err(Refusal::OutOfOrder { expected: 1, got: event.seq }),
+        (None, _) => {
+            return Err(Refusal::OutOfOrder {
+                expected: 1,
+                got: event.seq,
+            });
+        }
         (Some(case), kind) => {
             if event.seq != case.version + 1 {
-                return Err(Refusal::OutOfOrder { expected: case.version + 1, got: event.seq });
+                return Err(Refusal::OutOfOrder {
+                    expected: case.version + 1,
+                    got: event.seq,
+                });
             }
             let mut next = advance(case, event, kind)?;
             next.version = event.seq;
@@ -195,13 +222,18 @@ pub fn seal(event: &mut pb::CaseEvent, after: &pb::Case) {
 
 fn open(event: &pb::CaseEvent, report: &pb::Reported) -> Result<pb::Case, Refusal> {
     if event.seq != 1 {
-        return Err(Refusal::OutOfOrder { expected: 1, got: event.seq });
+        return Err(Refusal::OutOfOrder {
+            expected: 1,
+            got: event.seq,
+        });
     }
     if event.tier() != Tier::Village {
         return Err(malformed("tier", "only the village tier takes reports"));
     }
-    let grid: GridCode =
-        report.grid_code.parse().map_err(|e| malformed("grid_code", format!("{e}")))?;
+    let grid: GridCode = report
+        .grid_code
+        .parse()
+        .map_err(|e| malformed("grid_code", format!("{e}")))?;
     let (state, owner) = match report.self_handling {
         Some(_) => (State::SelfHandled, owner_for(Tier::Village, &grid)),
         None => (State::Reported, owner_for(Tier::Street, &grid)),
@@ -249,7 +281,10 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
         .parse()
         .map_err(|e| malformed("grid_code", format!("stored case has a bad grid: {e}")))?;
     let state = case.state();
-    let illegal = || Refusal::IllegalTransition { action: action_name(kind), state: state_name(state) };
+    let illegal = || Refusal::IllegalTransition {
+        action: action_name(kind),
+        state: state_name(state),
+    };
     let is_center = matches!(held_by, Tier::Street | Tier::District);
     let same_department = |department: &str| {
         if department == case.department_code {
@@ -321,18 +356,25 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
         },
         Kind::Checked(checked) => match (state, case.check_outcome()) {
             (State::Checking, CheckOutcome::Pending) if held_by == Tier::Village => {
-                next.check_outcome =
-                    if checked.passed { CheckOutcome::Passed } else { CheckOutcome::Failed } as i32;
+                next.check_outcome = if checked.passed {
+                    CheckOutcome::Passed
+                } else {
+                    CheckOutcome::Failed
+                } as i32;
                 next.owner = Some(owner_for(case.check_requested_by(), &grid));
             }
             _ => return Err(illegal()),
         },
         Kind::Closed(_) => match (state, case.check_outcome()) {
-            (State::Checking, CheckOutcome::Passed) if is_center => next.state = State::Closed as i32,
+            (State::Checking, CheckOutcome::Passed) if is_center => {
+                next.state = State::Closed as i32
+            }
             (State::Checking | State::Handled | State::InProgress | State::Dispatched, outcome)
                 if is_center =>
             {
-                return Err(Refusal::NotChecked { outcome: outcome_name(outcome) });
+                return Err(Refusal::NotChecked {
+                    outcome: outcome_name(outcome),
+                });
             }
             _ => return Err(illegal()),
         },
@@ -409,7 +451,9 @@ mod tests {
         fn report(self_handling: bool) -> Log {
             let report = pb::Reported {
                 grid_code: GRID.into(),
-                self_handling: self_handling.then(|| pb::SelfHandling { resolution: "swept".into() }),
+                self_handling: self_handling.then(|| pb::SelfHandling {
+                    resolution: "swept".into(),
+                }),
                 ..Default::default()
             };
             let case = apply(None, &event(1, Tier::Village, K::Reported(report))).unwrap();
@@ -448,15 +492,39 @@ mod tests {
     fn a_report_goes_to_the_street_and_round_the_whole_loop() {
         let mut log = Log::report(false);
         assert_eq!((log.state(), log.owner()), (State::Reported, Tier::Street));
-        log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap();
-        let d = dept("350205002-cgzd");
-        log.step(Tier::Street, K::Dispatched(pb::Dispatched { department_code: d.clone() })).unwrap();
-        log.step(Tier::Street, K::Signed(pb::Signed { department_code: d.clone() })).unwrap();
-        log.step(Tier::Street, K::Handled(pb::Handled { department_code: d, result: "done".into() }))
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
             .unwrap();
-        log.step(Tier::Street, K::CheckRequested(pb::CheckRequested::default())).unwrap();
+        let d = dept("350205002-cgzd");
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Handled(pb::Handled {
+                department_code: d,
+                result: "done".into(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::CheckRequested(pb::CheckRequested::default()),
+        )
+        .unwrap();
         assert_eq!((log.state(), log.owner()), (State::Checking, Tier::Village));
-        log.step(Tier::Village, K::Checked(pb::Checked { passed: true })).unwrap();
+        log.step(Tier::Village, K::Checked(pb::Checked { passed: true }))
+            .unwrap();
         assert_eq!(log.owner(), Tier::Street);
         let closed = log.step(Tier::Street, K::Closed(pb::Closed {})).unwrap();
         assert_eq!(closed.state(), State::Closed);
@@ -467,82 +535,193 @@ mod tests {
     fn closing_without_a_passed_check_is_refused() {
         let mut log = Log::report(false);
         let d = dept("350205002-cgzd");
-        log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap();
-        log.step(Tier::Street, K::Dispatched(pb::Dispatched { department_code: d.clone() })).unwrap();
-        log.step(Tier::Street, K::Signed(pb::Signed { department_code: d.clone() })).unwrap();
-        log.step(Tier::Street, K::Handled(pb::Handled { department_code: d.clone(), result: "x".into() }))
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
             .unwrap();
-        let refused = log.step(Tier::Street, K::Closed(pb::Closed {})).unwrap_err();
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Handled(pb::Handled {
+                department_code: d.clone(),
+                result: "x".into(),
+            }),
+        )
+        .unwrap();
+        let refused = log
+            .step(Tier::Street, K::Closed(pb::Closed {}))
+            .unwrap_err();
         assert!(matches!(refused, Refusal::NotChecked { .. }), "{refused}");
-        log.step(Tier::Street, K::CheckRequested(pb::CheckRequested::default())).unwrap();
+        log.step(
+            Tier::Street,
+            K::CheckRequested(pb::CheckRequested::default()),
+        )
+        .unwrap();
         // The case is with the village now: the street may not close it.
-        let refused = log.step(Tier::Street, K::Closed(pb::Closed {})).unwrap_err();
+        let refused = log
+            .step(Tier::Street, K::Closed(pb::Closed {}))
+            .unwrap_err();
         assert!(matches!(refused, Refusal::NotOwner { .. }), "{refused}");
-        log.step(Tier::Village, K::Checked(pb::Checked { passed: false })).unwrap();
-        let refused = log.step(Tier::Street, K::Closed(pb::Closed {})).unwrap_err();
-        assert!(matches!(refused, Refusal::NotChecked { outcome: "failed" }), "{refused}");
-        log.step(Tier::Street, K::Reworked(pb::Reworked { department_code: d })).unwrap();
+        log.step(Tier::Village, K::Checked(pb::Checked { passed: false }))
+            .unwrap();
+        let refused = log
+            .step(Tier::Street, K::Closed(pb::Closed {}))
+            .unwrap_err();
+        assert!(
+            matches!(refused, Refusal::NotChecked { outcome: "failed" }),
+            "{refused}"
+        );
+        log.step(
+            Tier::Street,
+            K::Reworked(pb::Reworked { department_code: d }),
+        )
+        .unwrap();
         assert_eq!(log.state(), State::Dispatched);
     }
 
     #[test]
     fn escalation_moves_the_case_to_the_district_which_cannot_escalate_further() {
         let mut log = Log::report(false);
-        log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap();
-        let refused = log.step(Tier::Street, K::Escalated(pb::Escalated::default())).unwrap_err();
-        assert!(refused.is_bad_input(), "a reason is required: {refused}");
-        log.step(Tier::Street, K::Escalated(pb::Escalated { reason: "beyond the street".into() }))
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
             .unwrap();
-        assert_eq!((log.state(), log.owner()), (State::Escalated, Tier::District));
-        let refused = log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap_err();
-        assert!(matches!(refused, Refusal::NotOwner { owner: "district", .. }), "{refused}");
-        log.step(Tier::District, K::Accepted(pb::Accepted {})).unwrap();
-        let refused =
-            log.step(Tier::District, K::Escalated(pb::Escalated { reason: "x".into() })).unwrap_err();
+        let refused = log
+            .step(Tier::Street, K::Escalated(pb::Escalated::default()))
+            .unwrap_err();
+        assert!(refused.is_bad_input(), "a reason is required: {refused}");
+        log.step(
+            Tier::Street,
+            K::Escalated(pb::Escalated {
+                reason: "beyond the street".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (log.state(), log.owner()),
+            (State::Escalated, Tier::District)
+        );
+        let refused = log
+            .step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                Refusal::NotOwner {
+                    owner: "district",
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        log.step(Tier::District, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        let refused = log
+            .step(
+                Tier::District,
+                K::Escalated(pb::Escalated { reason: "x".into() }),
+            )
+            .unwrap_err();
         assert_eq!(refused, Refusal::NoUpperTier("district"));
     }
 
     #[test]
     fn a_returned_case_can_be_dispatched_again_and_others_cannot_sign_it() {
         let mut log = Log::report(false);
-        log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap();
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap();
         let wrong = dept("350205002-pcs");
         let right = dept("350205002-cgzd");
-        log.step(Tier::Street, K::Dispatched(pb::Dispatched { department_code: wrong.clone() }))
-            .unwrap();
-        let refused =
-            log.step(Tier::Street, K::Signed(pb::Signed { department_code: right.clone() })).unwrap_err();
-        assert!(matches!(refused, Refusal::WrongDepartment { .. }), "{refused}");
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: wrong.clone(),
+            }),
+        )
+        .unwrap();
         let refused = log
             .step(
                 Tier::Street,
-                K::ReturnRequested(pb::ReturnRequested { department_code: wrong.clone(), reason: " ".into() }),
+                K::Signed(pb::Signed {
+                    department_code: right.clone(),
+                }),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(refused, Refusal::WrongDepartment { .. }),
+            "{refused}"
+        );
+        let refused = log
+            .step(
+                Tier::Street,
+                K::ReturnRequested(pb::ReturnRequested {
+                    department_code: wrong.clone(),
+                    reason: " ".into(),
+                }),
             )
             .unwrap_err();
         assert!(refused.is_bad_input());
         log.step(
             Tier::Street,
-            K::ReturnRequested(pb::ReturnRequested { department_code: wrong, reason: "not ours".into() }),
+            K::ReturnRequested(pb::ReturnRequested {
+                department_code: wrong,
+                reason: "not ours".into(),
+            }),
         )
         .unwrap();
         assert_eq!(log.state(), State::ReturnRequested);
-        log.step(Tier::Street, K::Dispatched(pb::Dispatched { department_code: right.clone() })).unwrap();
-        log.step(Tier::Street, K::Signed(pb::Signed { department_code: right })).unwrap();
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: right.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: right,
+            }),
+        )
+        .unwrap();
         assert_eq!(log.state(), State::InProgress);
     }
 
     #[test]
     fn self_handled_cases_stay_with_the_community_until_reviewed() {
         let mut log = Log::report(true);
-        assert_eq!((log.state(), log.owner()), (State::SelfHandled, Tier::Village));
-        let refused = log.step(Tier::Street, K::Accepted(pb::Accepted {})).unwrap_err();
+        assert_eq!(
+            (log.state(), log.owner()),
+            (State::SelfHandled, Tier::Village)
+        );
+        let refused = log
+            .step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap_err();
         assert!(matches!(refused, Refusal::NotOwner { .. }));
-        log.step(Tier::Village, K::SelfHandleApproved(pb::SelfHandleApproved {})).unwrap();
+        log.step(
+            Tier::Village,
+            K::SelfHandleApproved(pb::SelfHandleApproved {}),
+        )
+        .unwrap();
         assert_eq!(log.state(), State::Closed);
 
         let mut log = Log::report(true);
-        log.step(Tier::Village, K::SelfHandleRejected(pb::SelfHandleRejected { reason: "too big".into() }))
-            .unwrap();
+        log.step(
+            Tier::Village,
+            K::SelfHandleRejected(pb::SelfHandleRejected {
+                reason: "too big".into(),
+            }),
+        )
+        .unwrap();
         assert_eq!((log.state(), log.owner()), (State::Reported, Tier::Street));
     }
 
@@ -551,11 +730,23 @@ mod tests {
         let log = Log::report(false);
         let case = log.case.as_ref().unwrap();
         let skipped = event(3, Tier::Street, K::Accepted(pb::Accepted {}));
-        assert_eq!(apply(Some(case), &skipped), Err(Refusal::OutOfOrder { expected: 2, got: 3 }));
+        assert_eq!(
+            apply(Some(case), &skipped),
+            Err(Refusal::OutOfOrder {
+                expected: 2,
+                got: 3
+            })
+        );
         let again = event(1, Tier::Street, K::Accepted(pb::Accepted {}));
-        assert!(matches!(apply(Some(case), &again), Err(Refusal::OutOfOrder { .. })));
+        assert!(matches!(
+            apply(Some(case), &again),
+            Err(Refusal::OutOfOrder { .. })
+        ));
         let orphan = event(2, Tier::Street, K::Accepted(pb::Accepted {}));
-        assert!(matches!(apply(None, &orphan), Err(Refusal::OutOfOrder { expected: 1, .. })));
+        assert!(matches!(
+            apply(None, &orphan),
+            Err(Refusal::OutOfOrder { expected: 1, .. })
+        ));
     }
 
     #[test]
@@ -563,6 +754,9 @@ mod tests {
         let log = Log::report(false);
         let mut ev = event(2, Tier::Street, K::Accepted(pb::Accepted {}));
         ev.state_after = State::Closed as i32;
-        assert!(matches!(replay(log.case.as_ref(), &ev), Err(Refusal::Diverged { .. })));
+        assert!(matches!(
+            replay(log.case.as_ref(), &ev),
+            Err(Refusal::Diverged { .. })
+        ));
     }
 }

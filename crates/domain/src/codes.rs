@@ -121,7 +121,10 @@ impl FromStr for OrgCode {
     type Err = CodeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if !all_digits(s, 12) {
-            return Err(CodeError::Shape { expected: "12", got: s.to_owned() });
+            return Err(CodeError::Shape {
+                expected: "12",
+                got: s.to_owned(),
+            });
         }
         let mut bytes = [0u8; 12];
         bytes.copy_from_slice(s.as_bytes());
@@ -169,7 +172,10 @@ impl FromStr for GridCode {
     type Err = CodeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if !all_digits(s, 15) || s[..12].ends_with("000") {
-            return Err(CodeError::Shape { expected: "15 (a community code + 3)", got: s.to_owned() });
+            return Err(CodeError::Shape {
+                expected: "15 (a community code + 3)",
+                got: s.to_owned(),
+            });
         }
         let mut bytes = [0u8; 15];
         bytes.copy_from_slice(s.as_bytes());
@@ -280,10 +286,19 @@ mod tests {
 
     #[test]
     fn malformed_codes_are_refused() {
-        for bad in ["", "35020500200", "3502050020061", "35020500200a", "３５０２０５００２００６"] {
+        for bad in [
+            "",
+            "35020500200",
+            "3502050020061",
+            "35020500200a",
+            "３５０２０５００２００６",
+        ] {
             assert!(bad.parse::<OrgCode>().is_err(), "{bad:?}");
         }
-        assert!("350205002000001".parse::<GridCode>().is_err(), "a street is not a community");
+        assert!(
+            "350205002000001".parse::<GridCode>().is_err(),
+            "a street is not a community"
+        );
         assert!("35020500200600".parse::<GridCode>().is_err());
     }
 
@@ -310,7 +325,10 @@ mod tests {
             assert!(scope.contains_grid(&grid));
             assert!(!scope.contains_grid(&elsewhere));
         }
-        assert!("350200000000".parse::<Scope>().is_err(), "the city is not a tier scope");
+        assert!(
+            "350200000000".parse::<Scope>().is_err(),
+            "the city is not a tier scope"
+        );
         assert_eq!("350205000000".parse::<Scope>().unwrap(), district);
     }
 }

@@ -26,7 +26,9 @@ pub struct GridIndex {
 
 impl std::fmt::Debug for GridIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GridIndex").field("grids", &self.tree.size()).finish()
+        f.debug_struct("GridIndex")
+            .field("grids", &self.tree.size())
+            .finish()
     }
 }
 
@@ -37,11 +39,18 @@ impl GridIndex {
             .into_iter()
             .filter_map(|(code, boundary)| {
                 let rect = boundary.bounding_rect()?;
-                let envelope = AABB::from_corners([rect.min().x, rect.min().y], [rect.max().x, rect.max().y]);
-                Some(Entry { code, boundary, envelope })
+                let envelope =
+                    AABB::from_corners([rect.min().x, rect.min().y], [rect.max().x, rect.max().y]);
+                Some(Entry {
+                    code,
+                    boundary,
+                    envelope,
+                })
             })
             .collect();
-        GridIndex { tree: RTree::bulk_load(entries) }
+        GridIndex {
+            tree: RTree::bulk_load(entries),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -61,7 +70,10 @@ impl GridIndex {
         let point = Point::new(longitude, latitude);
         self.tree
             .locate_in_envelope_intersecting(&AABB::from_point([longitude, latitude]))
-            .filter(|entry| entry.boundary.contains(&point) || geo::Intersects::intersects(&entry.boundary, &point))
+            .filter(|entry| {
+                entry.boundary.contains(&point)
+                    || geo::Intersects::intersects(&entry.boundary, &point)
+            })
             .map(|entry| entry.code)
             .min()
     }
@@ -113,8 +125,20 @@ mod tests {
 
     #[test]
     fn holes_are_outside() {
-        let outer = geo::LineString::from(vec![(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0), (0.0, 0.0)]);
-        let hole = geo::LineString::from(vec![(4.0, 4.0), (6.0, 4.0), (6.0, 6.0), (4.0, 6.0), (4.0, 4.0)]);
+        let outer = geo::LineString::from(vec![
+            (0.0, 0.0),
+            (10.0, 0.0),
+            (10.0, 10.0),
+            (0.0, 10.0),
+            (0.0, 0.0),
+        ]);
+        let hole = geo::LineString::from(vec![
+            (4.0, 4.0),
+            (6.0, 4.0),
+            (6.0, 6.0),
+            (4.0, 6.0),
+            (4.0, 4.0),
+        ]);
         let index = GridIndex::new([(
             code("350205002006001"),
             MultiPolygon(vec![Polygon::new(outer, vec![hole])]),

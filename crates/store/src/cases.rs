@@ -10,11 +10,17 @@ use wangge_proto as pb;
 use crate::{Error, Result};
 
 fn decode_case(bytes: &[u8]) -> Result<pb::Case> {
-    pb::Case::decode(bytes).map_err(|source| Error::Corrupt { what: "case", source })
+    pb::Case::decode(bytes).map_err(|source| Error::Corrupt {
+        what: "case",
+        source,
+    })
 }
 
 fn decode_event(bytes: &[u8]) -> Result<pb::CaseEvent> {
-    pb::CaseEvent::decode(bytes).map_err(|source| Error::Corrupt { what: "case event", source })
+    pb::CaseEvent::decode(bytes).map_err(|source| Error::Corrupt {
+        what: "case event",
+        source,
+    })
 }
 
 fn timestamp(ts: Option<prost_types::Timestamp>) -> DateTime<Utc> {
@@ -48,9 +54,19 @@ pub async fn by_client_id(conn: &mut PgConnection, client_id: &str) -> Result<Op
 }
 
 /// Stores an event and the projection it led to. The first event inserts the case.
-pub async fn append(conn: &mut PgConnection, after: &pb::Case, event: &pb::CaseEvent) -> Result<()> {
-    let id: Uuid = after.id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let event_id: Uuid = event.event_id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+pub async fn append(
+    conn: &mut PgConnection,
+    after: &pb::Case,
+    event: &pb::CaseEvent,
+) -> Result<()> {
+    let id: Uuid = after
+        .id
+        .parse()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let event_id: Uuid = event
+        .event_id
+        .parse()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let owner = after.owner.clone().unwrap_or_default();
     let location = after.location.unwrap_or_default();
     let department = Some(after.department_code.as_str()).filter(|d| !d.is_empty());
@@ -99,7 +115,11 @@ pub async fn append(conn: &mut PgConnection, after: &pb::Case, event: &pb::CaseE
     .execute(&mut *conn)
     .await?;
 
-    let kind = event.kind.as_ref().map(wangge_domain::case::kind_name).unwrap_or("none");
+    let kind = event
+        .kind
+        .as_ref()
+        .map(wangge_domain::case::kind_name)
+        .unwrap_or("none");
     sqlx::query(
         "INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -121,11 +141,17 @@ pub async fn events(pool: &PgPool, case_id: Uuid) -> Result<Vec<pb::CaseEvent>> 
         .bind(case_id)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(|r| decode_event(r.get::<&[u8], _>(0))).collect()
+    rows.iter()
+        .map(|r| decode_event(r.get::<&[u8], _>(0)))
+        .collect()
 }
 
 /// The next daily report number of a community: 350205002006-20261126-0042.
-pub async fn next_number(conn: &mut PgConnection, community: &str, day: NaiveDate) -> Result<String> {
+pub async fn next_number(
+    conn: &mut PgConnection,
+    community: &str,
+    day: NaiveDate,
+) -> Result<String> {
     let last: i32 = sqlx::query_scalar(
         "INSERT INTO case_numbers (community_code, day, last) VALUES ($1, $2, 1)
          ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + 1
@@ -176,7 +202,9 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
     .bind(filter.limit)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(|r| decode_case(r.get::<&[u8], _>(0))).collect()
+    rows.iter()
+        .map(|r| decode_case(r.get::<&[u8], _>(0)))
+        .collect()
 }
 
 /// Claims an event id in the inbox; false when it was applied before.

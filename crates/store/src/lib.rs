@@ -19,7 +19,10 @@ pub enum Error {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("stored {what} does not decode: {source}")]
-    Corrupt { what: &'static str, source: prost::DecodeError },
+    Corrupt {
+        what: &'static str,
+        source: prost::DecodeError,
+    },
 }
 
 impl Error {
@@ -36,7 +39,10 @@ impl Error {
         matches!(
             self,
             Error::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
             )
         )
     }

@@ -14,7 +14,12 @@ pub struct Pending {
 }
 
 /// Queues a message in the caller's transaction.
-pub async fn enqueue(conn: &mut PgConnection, event_id: Uuid, subject: &str, body: &[u8]) -> Result<()> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    subject: &str,
+    body: &[u8],
+) -> Result<()> {
     sqlx::query("INSERT INTO outbox (event_id, subject, body) VALUES ($1, $2, $3)")
         .bind(event_id)
         .bind(subject)
@@ -34,13 +39,20 @@ pub async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> 
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Pending { event_id: r.get(0), subject: r.get(1), body: r.get(2) })
+        .map(|r| Pending {
+            event_id: r.get(0),
+            subject: r.get(1),
+            body: r.get(2),
+        })
         .collect())
 }
 
 /// Removes published messages.
 pub async fn remove(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
-    sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)").bind(ids).execute(conn).await?;
+    sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

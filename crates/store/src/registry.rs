@@ -20,7 +20,9 @@ fn org(row: &sqlx::postgres::PgRow) -> pb::Org {
         code: row.get("code"),
         name: row.get("name"),
         level: level(row.get("level")) as i32,
-        parent_code: row.get::<Option<String>, _>("parent_code").unwrap_or_default(),
+        parent_code: row
+            .get::<Option<String>, _>("parent_code")
+            .unwrap_or_default(),
     }
 }
 
@@ -33,10 +35,12 @@ pub async fn org_by_code(pool: &PgPool, code: &str) -> Result<Option<pb::Org>> {
 }
 
 pub async fn children(pool: &PgPool, parent: &str) -> Result<Vec<pb::Org>> {
-    let rows = sqlx::query("SELECT code, name, level, parent_code FROM orgs WHERE parent_code = $1 ORDER BY code")
-        .bind(parent)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT code, name, level, parent_code FROM orgs WHERE parent_code = $1 ORDER BY code",
+    )
+    .bind(parent)
+    .fetch_all(pool)
+    .await?;
     Ok(rows.iter().map(org).collect())
 }
 
@@ -80,7 +84,10 @@ fn unit(name: Option<&str>) -> pb::TimeUnit {
 }
 
 fn limit(amount: Option<i32>, unit_name: Option<&str>) -> Option<pb::TimeLimit> {
-    amount.map(|a| pb::TimeLimit { amount: a.max(0) as u32, unit: unit(unit_name) as i32 })
+    amount.map(|a| pb::TimeLimit {
+        amount: a.max(0) as u32,
+        unit: unit(unit_name) as i32,
+    })
 }
 
 pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::Category>> {
@@ -107,14 +114,21 @@ pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::C
 }
 
 pub async fn category_exists(pool: &PgPool, code: &str) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM categories WHERE code = $1)")
-        .bind(code)
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM categories WHERE code = $1)")
+            .bind(code)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 fn department(r: &sqlx::postgres::PgRow) -> pb::Department {
-    pb::Department { code: r.get(0), name: r.get(1), org_code: r.get(2), kind: r.get(3) }
+    pb::Department {
+        code: r.get(0),
+        name: r.get(1),
+        org_code: r.get(2),
+        kind: r.get(3),
+    }
 }
 
 pub async fn department_by_code(pool: &PgPool, code: &str) -> Result<Option<pb::Department>> {
@@ -142,12 +156,19 @@ fn role(name: &str) -> pb::Role {
 
 /// Workers whose grid or org code starts with `prefix`.
 pub async fn workers(pool: &PgPool, prefix: &str) -> Result<Vec<pb::Worker>> {
-    let rows = sqlx::query("SELECT id, name, role, org_code FROM workers WHERE org_code LIKE $1 || '%' ORDER BY id")
-        .bind(prefix)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, name, role, org_code FROM workers WHERE org_code LIKE $1 || '%' ORDER BY id",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .iter()
-        .map(|r| pb::Worker { id: r.get(0), name: r.get(1), role: role(r.get(2)) as i32, org_code: r.get(3) })
+        .map(|r| pb::Worker {
+            id: r.get(0),
+            name: r.get(1),
+            role: role(r.get(2)) as i32,
+            org_code: r.get(3),
+        })
         .collect())
 }

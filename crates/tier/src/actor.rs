@@ -20,13 +20,18 @@ pub fn actor<T>(request: &Request<T>, role: pb::Role) -> Result<pb::Actor, Error
         .trim();
     let valid = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
     if !valid {
         return Err(Error::Unauthenticated(format!(
             "{ACTOR_HEADER} must be 1-64 letters, digits or -_.@"
         )));
     }
-    Ok(pb::Actor { id: id.to_owned(), role: role as i32 })
+    Ok(pb::Actor {
+        id: id.to_owned(),
+        role: role as i32,
+    })
 }
 
 #[cfg(test)]
@@ -36,12 +41,19 @@ mod tests {
     #[test]
     fn the_actor_comes_from_metadata() {
         let mut request = Request::new(());
-        assert!(matches!(actor(&request, pb::Role::GridWorker), Err(Error::Unauthenticated(_))));
-        request.metadata_mut().insert(ACTOR_HEADER, "gw-350205002006001".parse().unwrap());
+        assert!(matches!(
+            actor(&request, pb::Role::GridWorker),
+            Err(Error::Unauthenticated(_))
+        ));
+        request
+            .metadata_mut()
+            .insert(ACTOR_HEADER, "gw-350205002006001".parse().unwrap());
         let who = actor(&request, pb::Role::GridWorker).unwrap();
         assert_eq!(who.id, "gw-350205002006001");
         assert_eq!(who.role(), pb::Role::GridWorker);
-        request.metadata_mut().insert(ACTOR_HEADER, "a b".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert(ACTOR_HEADER, "a b".parse().unwrap());
         assert!(actor(&request, pb::Role::GridWorker).is_err());
     }
 }

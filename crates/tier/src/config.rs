@@ -64,7 +64,10 @@ impl Config {
             database_max_connections: 16,
             nats_url: "nats://127.0.0.1:4222".into(),
             consumer_name: None,
-            log: LogConfig { format: "text".into(), filter: "info".into() },
+            log: LogConfig {
+                format: "text".into(),
+                filter: "info".into(),
+            },
         }
     }
 }
@@ -106,7 +109,11 @@ impl Cli {
     pub fn load(&self, tier: Tier) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::defaults(tier)));
         if let Some(path) = &self.config {
-            anyhow::ensure!(path.exists(), "configuration file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "configuration file {} does not exist",
+                path.display()
+            );
             figment = figment.merge(Toml::file(path));
         }
         let overrides = Overrides {
@@ -119,7 +126,10 @@ impl Cli {
             .merge(Env::prefixed("WANGGE_").split("__").ignore(&["config"]))
             .merge(Serialized::defaults(overrides))
             .extract()?;
-        config.scope.parse::<wangge_domain::Scope>().map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+        config
+            .scope
+            .parse::<wangge_domain::Scope>()
+            .map_err(|e| anyhow::anyhow!("scope: {e}"))?;
         Ok(config)
     }
 }
@@ -138,7 +148,10 @@ mod tests {
         let mut config = Config::defaults(Tier::Street);
         config.database_url = "postgres://wangge:hunter2@db:5432/street".to_owned().into();
         let text = dump(&config).unwrap();
-        assert!(text.contains("postgres://wangge:***@db:5432/street"), "{text}");
+        assert!(
+            text.contains("postgres://wangge:***@db:5432/street"),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"));
         assert!(text.contains("[log]"));
     }

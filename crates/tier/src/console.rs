@@ -37,7 +37,12 @@ impl Console {
         let id = parse_case_id(&request.case_id)?;
         let engine = &self.0.engine;
         let case = engine.case(id).await?;
-        let action = Action { actor, kind: kind(&case, &request.note), note: request.note, attachments: request.attachments };
+        let action = Action {
+            actor,
+            kind: kind(&case, &request.note),
+            note: request.note,
+            attachments: request.attachments,
+        };
         Ok(Response::new(engine.act(id, action).await?))
     }
 }
@@ -63,26 +68,53 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
                 limit: 10_000,
                 ..Default::default()
             };
-            let existing = cases::list(engine.pool(), &filter).await.map_err(Error::from)?;
-            initial = existing.into_iter().map(|case| pb::CaseUpdate { case: Some(case), event: None }).collect();
+            let existing = cases::list(engine.pool(), &filter)
+                .await
+                .map_err(Error::from)?;
+            initial = existing
+                .into_iter()
+                .map(|case| pb::CaseUpdate {
+                    case: Some(case),
+                    event: None,
+                })
+                .collect();
         }
         let states = request.states;
         let stream = watch(&self.0, live, initial, move |update| {
-            update.case.as_ref().is_some_and(|case| state_matches(&states, case))
+            update
+                .case
+                .as_ref()
+                .is_some_and(|case| state_matches(&states, case))
         });
         Ok(Response::new(stream))
     }
 
-    async fn accept_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |_, _| Kind::Accepted(pb::Accepted {})).await
+    async fn accept_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |_, _| {
+            Kind::Accepted(pb::Accepted {})
+        })
+        .await
     }
 
-    async fn reject_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, |_, note| Kind::Rejected(pb::Rejected { reason: note.to_owned() }))
-            .await
+    async fn reject_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, pb::Role::DutyChief, |_, note| {
+            Kind::Rejected(pb::Rejected {
+                reason: note.to_owned(),
+            })
+        })
+        .await
     }
 
-    async fn dispatch_case(&self, request: Request<pb::DispatchCaseRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn dispatch_case(
+        &self,
+        request: Request<pb::DispatchCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, self.operator())?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
@@ -95,10 +127,15 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         let department = registry::department_by_code(engine.pool(), code)
             .await
             .map_err(Error::from)?
-            .ok_or_else(|| Error::invalid("department_code", format!("unknown department {code:?}")))?;
+            .ok_or_else(|| {
+                Error::invalid("department_code", format!("unknown department {code:?}"))
+            })?;
         // A center dispatches to the departments of its own org: the street to the street's, the
         // district to the district's.
-        let grid: GridCode = case.grid_code.parse().map_err(|e| Error::invalid("grid_code", format!("{e}")))?;
+        let grid: GridCode = case
+            .grid_code
+            .parse()
+            .map_err(|e| Error::invalid("grid_code", format!("{e}")))?;
         let org = owner_for(engine.tier(), &grid).org_code;
         if department.org_code != org {
             return Err(Error::FailedPrecondition(format!(
@@ -112,32 +149,57 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
             actor,
             note: request.note,
             attachments: Vec::new(),
-            kind: Kind::Dispatched(pb::Dispatched { department_code: department.code }),
+            kind: Kind::Dispatched(pb::Dispatched {
+                department_code: department.code,
+            }),
         };
         Ok(Response::new(engine.act(id, action).await?))
     }
 
-    async fn request_check(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn request_check(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         self.act(request, self.operator(), |case, _| {
-            Kind::CheckRequested(pb::CheckRequested { community_code: case.community_code.clone() })
+            Kind::CheckRequested(pb::CheckRequested {
+                community_code: case.community_code.clone(),
+            })
         })
         .await
     }
 
-    async fn rework_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn rework_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         self.act(request, self.operator(), |case, _| {
-            Kind::Reworked(pb::Reworked { department_code: case.department_code.clone() })
+            Kind::Reworked(pb::Reworked {
+                department_code: case.department_code.clone(),
+            })
         })
         .await
     }
 
-    async fn close_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, |_, _| Kind::Closed(pb::Closed {})).await
+    async fn close_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, pb::Role::DutyChief, |_, _| {
+            Kind::Closed(pb::Closed {})
+        })
+        .await
     }
 
-    async fn escalate_case(&self, request: Request<pb::CaseActionRequest>) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |_, note| Kind::Escalated(pb::Escalated { reason: note.to_owned() }))
-            .await
+    async fn escalate_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, self.operator(), |_, note| {
+            Kind::Escalated(pb::Escalated {
+                reason: note.to_owned(),
+            })
+        })
+        .await
     }
 }
 
@@ -156,7 +218,9 @@ impl Departments {
         registry::department_by_code(engine.pool(), code)
             .await?
             .filter(|d| d.org_code.starts_with(engine.scope().prefix()))
-            .ok_or_else(|| Error::NotFound(format!("department {code} in scope {}", engine.scope())))
+            .ok_or_else(|| {
+                Error::NotFound(format!("department {code} in scope {}", engine.scope()))
+            })
     }
 
     async fn act(
@@ -194,17 +258,31 @@ impl pb::department_service_server::DepartmentService for Departments {
             limit: 1000,
             ..Default::default()
         };
-        let cases = cases::list(engine.pool(), &filter).await.map_err(Error::from)?;
+        let cases = cases::list(engine.pool(), &filter)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::ListAssignedResponse { cases }))
     }
 
-    async fn sign_case(&self, request: Request<pb::DepartmentActionRequest>) -> Result<Response<pb::Case>, Status> {
-        self.act(request, |department_code, _| Kind::Signed(pb::Signed { department_code })).await
+    async fn sign_case(
+        &self,
+        request: Request<pb::DepartmentActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, |department_code, _| {
+            Kind::Signed(pb::Signed { department_code })
+        })
+        .await
     }
 
-    async fn return_case(&self, request: Request<pb::DepartmentActionRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn return_case(
+        &self,
+        request: Request<pb::DepartmentActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         self.act(request, |department_code, reason| {
-            Kind::ReturnRequested(pb::ReturnRequested { department_code, reason })
+            Kind::ReturnRequested(pb::ReturnRequested {
+                department_code,
+                reason,
+            })
         })
         .await
     }
@@ -213,6 +291,12 @@ impl pb::department_service_server::DepartmentService for Departments {
         &self,
         request: Request<pb::DepartmentActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, |department_code, result| Kind::Handled(pb::Handled { department_code, result })).await
+        self.act(request, |department_code, result| {
+            Kind::Handled(pb::Handled {
+                department_code,
+                result,
+            })
+        })
+        .await
     }
 }

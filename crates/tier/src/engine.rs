@@ -59,23 +59,41 @@ pub struct Action {
 
 fn now() -> prost_types::Timestamp {
     let now = Utc::now();
-    prost_types::Timestamp { seconds: now.timestamp(), nanos: now.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: now.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// Case numbers count days in China Standard Time.
 fn china_today() -> chrono::NaiveDate {
-    let offset = FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+    let offset = FixedOffset::east_opt(8 * 3600)
+        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
     Utc::now().with_timezone(&offset).date_naive()
 }
 
 pub fn parse_case_id(id: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(id.trim()).map_err(|_| Error::invalid("case_id", format!("{id:?} is not a UUID")))
+    Uuid::parse_str(id.trim())
+        .map_err(|_| Error::invalid("case_id", format!("{id:?} is not a UUID")))
 }
 
 impl Engine {
-    pub fn new(tier: pb::Tier, scope: Scope, pool: PgPool, grids: GridIndex, relay: RelayHandle) -> Engine {
+    pub fn new(
+        tier: pb::Tier,
+        scope: Scope,
+        pool: PgPool,
+        grids: GridIndex,
+        relay: RelayHandle,
+    ) -> Engine {
         let (updates, _) = broadcast::channel(4096);
-        Engine { tier, scope, pool, grids, relay, updates }
+        Engine {
+            tier,
+            scope,
+            pool,
+            grids,
+            relay,
+            updates,
+        }
     }
 
     pub fn tier(&self) -> pb::Tier {
@@ -114,15 +132,24 @@ impl Engine {
             debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
             return Ok(existing);
         }
-        let pb::GeoPoint { longitude, latitude } = report.location;
+        let pb::GeoPoint {
+            longitude,
+            latitude,
+        } = report.location;
         let grid = self.grids.locate(longitude, latitude).ok_or_else(|| {
             Error::invalid(
                 "location",
-                format!("({longitude}, {latitude}) lies outside every grid of scope {}", self.scope),
+                format!(
+                    "({longitude}, {latitude}) lies outside every grid of scope {}",
+                    self.scope
+                ),
             )
         })?;
         if !wangge_store::registry::category_exists(&self.pool, &report.category_code).await? {
-            return Err(Error::invalid("category_code", format!("unknown category {:?}", report.category_code)));
+            return Err(Error::invalid(
+                "category_code",
+                format!("unknown category {:?}", report.category_code),
+            ));
         }
 
         let case_id = Uuid::now_v7();
@@ -198,7 +225,11 @@ impl Engine {
             kind: Some(action.kind),
         };
         let case = self.commit(tx, Some(&case), event).await?;
-        info!(state = machine::state_name(case.state()), version = case.version, "case updated");
+        info!(
+            state = machine::state_name(case.state()),
+            version = case.version,
+            "case updated"
+        );
         Ok(case)
     }
 
@@ -213,50 +244,66 @@ impl Engine {
         machine::seal(&mut event, &after);
         let grid = stored_grid(&after)?;
         cases::append(&mut tx, &after, &event).await?;
-        let event_id = Uuid::parse_str(&event.event_id).map_err(|e| Error::invalid("event_id", e.to_string()))?;
+        let event_id = Uuid::parse_str(&event.event_id)
+            .map_err(|e| Error::invalid("event_id", e.to_string()))?;
         let envelope = pb::Envelope {
             event_id: event.event_id.clone(),
             trace: Default::default(),
             body: Some(pb::envelope::Body::CaseEvent(event.clone())),
         };
-        outbox::enqueue(&mut tx, event_id, &wangge_bus::case_subject(&grid), &envelope.encode_to_vec()).await?;
+        outbox::enqueue(
+            &mut tx,
+            event_id,
+            &wangge_bus::case_subject(&grid),
+            &envelope.encode_to_vec(),
+        )
+        .await?;
         tx.commit().await?;
         self.relay.wake();
         // Nobody watching is fine.
-        let _ = self.updates.send(pb::CaseUpdate { case: Some(after.clone()), event: Some(event) });
+        let _ = self.updates.send(pb::CaseUpdate {
+            case: Some(after.clone()),
+            event: Some(event),
+        });
         Ok(after)
     }
 
     /// Applies an event another tier authored.
-    async fn apply_replicated(&self, event: pb::CaseEvent) -> Result<Applied, Error> {
-        let event_id = Uuid::parse_str(&event.event_id).map_err(|e| Error::invalid("event_id", e.to_string()))?;
+    async fn apply_replicated(&self, event: pb::CaseEvent) -> Result<Outcome, Error> {
+        let event_id = Uuid::parse_str(&event.event_id)
+            .map_err(|e| Error::invalid("event_id", e.to_string()))?;
         let case_id = parse_case_id(&event.case_id)?;
         let mut tx = self.pool.begin().await?;
         if !cases::claim_inbox(&mut tx, event_id).await? {
-            return Ok(Applied::Duplicate);
+            return Ok(Outcome::Duplicate);
         }
         let case = cases::load(&mut tx, case_id, true).await?;
         let version = case.as_ref().map_or(0, |c| c.version);
         if event.seq <= version {
             // Our own event coming back, or a copy that came another way.
-            return Ok(Applied::Duplicate);
+            return Ok(Outcome::Duplicate);
         }
         if event.seq > version + 1 {
-            return Ok(Applied::Gap { have: version });
+            return Ok(Outcome::Gap { have: version });
         }
         let after = machine::replay(case.as_ref(), &event)?;
         cases::append(&mut tx, &after, &event).await?;
         tx.commit().await?;
-        let _ = self.updates.send(pb::CaseUpdate { case: Some(after), event: Some(event) });
-        Ok(Applied::Applied)
+        let _ = self.updates.send(pb::CaseUpdate {
+            case: Some(after),
+            event: Some(event),
+        });
+        Ok(Outcome::Applied)
     }
 }
 
 fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
-    case.grid_code.parse().map_err(|e| Error::invalid("grid_code", format!("{e}")))
+    case.grid_code
+        .parse()
+        .map_err(|e| Error::invalid("grid_code", format!("{e}")))
 }
 
-enum Applied {
+enum Outcome {
     Applied,
     Duplicate,
     Gap { have: u64 },
@@ -270,18 +317,31 @@ impl Handler for Replicator {
     async fn handle(&self, subject: &str, payload: &[u8]) -> Disposition {
         let engine = &self.0;
         let event = match pb::Envelope::decode(payload) {
-            Ok(pb::Envelope { body: Some(pb::envelope::Body::CaseEvent(event)), .. }) => event,
-            Ok(_) => return dead_letter(engine, subject, payload, "envelope without a case event").await,
-            Err(e) => return dead_letter(engine, subject, payload, &format!("undecodable envelope: {e}")).await,
+            Ok(pb::Envelope {
+                body: Some(pb::envelope::Body::CaseEvent(event)),
+                ..
+            }) => event,
+            Ok(_) => {
+                return dead_letter(engine, subject, payload, "envelope without a case event").await;
+            }
+            Err(e) => {
+                return dead_letter(
+                    engine,
+                    subject,
+                    payload,
+                    &format!("undecodable envelope: {e}"),
+                )
+                .await;
+            }
         };
         let (case_id, seq) = (event.case_id.clone(), event.seq);
         match engine.apply_replicated(event).await {
-            Ok(Applied::Applied) => {
+            Ok(Outcome::Applied) => {
                 debug!(%case_id, seq, "replicated event applied");
                 Disposition::Done
             }
-            Ok(Applied::Duplicate) => Disposition::Done,
-            Ok(Applied::Gap { have }) => {
+            Ok(Outcome::Duplicate) => Disposition::Done,
+            Ok(Outcome::Gap { have }) => {
                 debug!(%case_id, seq, have, "event ahead of its predecessor, retrying later");
                 Disposition::Retry(Duration::from_millis(500))
             }

@@ -9,7 +9,10 @@ use wangge_domain::case::Refusal;
 pub enum Error {
     /// Bad input: the field and what is wrong with it.
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0} not found")]
     NotFound(String),
     /// The state machine refused the step.
@@ -25,7 +28,10 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Error {
-        Error::InvalidArgument { field, message: message.into() }
+        Error::InvalidArgument {
+            field,
+            message: message.into(),
+        }
     }
 }
 
@@ -40,7 +46,9 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
-            Error::Refused(refusal) if refusal.is_bad_input() => Status::invalid_argument(refusal.to_string()),
+            Error::Refused(refusal) if refusal.is_bad_input() => {
+                Status::invalid_argument(refusal.to_string())
+            }
             Error::Refused(refusal) => Status::failed_precondition(refusal.to_string()),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
@@ -66,14 +74,26 @@ mod tests {
         let cases = [
             (Error::invalid("location", "outside"), Code::InvalidArgument),
             (Error::NotFound("case x".into()), Code::NotFound),
-            (Error::Refused(Refusal::NoUpperTier("district")), Code::FailedPrecondition),
             (
-                Error::Refused(Refusal::Malformed { field: "reason", message: "empty".into() }),
+                Error::Refused(Refusal::NoUpperTier("district")),
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Refused(Refusal::Malformed {
+                    field: "reason",
+                    message: "empty".into(),
+                }),
                 Code::InvalidArgument,
             ),
             (Error::Unauthenticated("who".into()), Code::Unauthenticated),
-            (Error::Store(sqlx::Error::PoolTimedOut.into()), Code::Unavailable),
-            (Error::Store(sqlx::Error::RowNotFound.into()), Code::Internal),
+            (
+                Error::Store(sqlx::Error::PoolTimedOut.into()),
+                Code::Unavailable,
+            ),
+            (
+                Error::Store(sqlx::Error::RowNotFound.into()),
+                Code::Internal,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
@@ -82,7 +102,9 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_details() {
-        let status = Status::from(Error::Store(sqlx::Error::Protocol("secret detail".into()).into()));
+        let status = Status::from(Error::Store(
+            sqlx::Error::Protocol("secret detail".into()).into(),
+        ));
         assert!(!status.message().contains("secret"));
     }
 }

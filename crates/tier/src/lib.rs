@@ -48,19 +48,22 @@ pub struct Shared {
 
 /// Runs a tier until `shutdown` resolves: connects its database (migrating it) and NATS, starts the
 /// relay and the consumer, serves gRPC on `listener` with the shared services plus those `mount` adds,
-/// then stops in order: health NOT_SERVING, streams end, in-flight calls finish, relay and consumer
+/// (returning their gRPC names, for reflection), then stops in order: health NOT_SERVING, streams end, in-flight calls finish, relay and consumer
 /// stop, NATS drains, the pool closes.
 pub async fn run<F>(
     tier: pb::Tier,
     config: Config,
     listener: TcpListener,
     shutdown: F,
-    mount: impl FnOnce(&Shared, &mut RoutesBuilder),
+    mount: impl FnOnce(&Shared, &mut RoutesBuilder) -> Vec<&'static str>,
 ) -> anyhow::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let scope: Scope = config.scope.parse().map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+    let scope: Scope = config
+        .scope
+        .parse()
+        .map_err(|e| anyhow::anyhow!("scope: {e}"))?;
     let name = format!("{}-{}", tier_name(tier), scope.prefix());
     let options = PgConnectOptions::from_str(config.database_url.expose_secret())
         .context("database_url is not a PostgreSQL URL")?
@@ -76,13 +79,25 @@ where
     let client = async_nats::ConnectOptions::new()
         .name(&name)
         .retry_on_initial_connect()
-        .connect(config.nats_url.split(',').map(str::trim).collect::<Vec<_>>())
+        .connect(
+            config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+        )
         .await
         .context("bad NATS URL")?;
     let js = jetstream::new(client.clone());
 
     let relay = Relay::new(pool.clone(), js.clone());
-    let engine = Arc::new(Engine::new(tier, scope, pool.clone(), grids, relay.handle()));
+    let engine = Arc::new(Engine::new(
+        tier,
+        scope,
+        pool.clone(),
+        grids,
+        relay.handle(),
+    ));
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(relay.run(background.clone()));
@@ -93,24 +108,41 @@ where
     );
     tasks.spawn(consume(js, consumer, engine.clone(), background.clone()));
 
-    let shared = Shared { engine, stopping: CancellationToken::new() };
+    let shared = Shared {
+        engine,
+        stopping: CancellationToken::new(),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(pb::case_query_service_server::CaseQueryServiceServer::new(query::Cases(shared.clone())))
-        .add_service(pb::registry_service_server::RegistryServiceServer::new(query::Registry(shared.clone())));
-    mount(&shared, &mut routes);
+        .add_service(pb::case_query_service_server::CaseQueryServiceServer::new(
+            query::Cases(shared.clone()),
+        ))
+        .add_service(pb::registry_service_server::RegistryServiceServer::new(
+            query::Registry(shared.clone()),
+        ));
+    let mounted = mount(&shared, &mut routes);
+    // Reflection advertises what this tier serves, not every service of the API.
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name(pb::case_query_service_server::SERVICE_NAME)
+        .with_service_name(pb::registry_service_server::SERVICE_NAME);
+    for name in mounted {
+        reflection = reflection.with_service_name(name);
+    }
+    routes.add_service(reflection.build_v1()?);
 
     let stopping = shared.stopping.clone();
     let signal = async move {
         shutdown.await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         stopping.cancel();
     };
     info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, "serving");
@@ -134,10 +166,18 @@ where
 }
 
 /// Waits for the stream (NATS may come up after us), then consumes.
-async fn consume(js: jetstream::Context, consumer: Consumer, engine: Arc<Engine>, stop: CancellationToken) {
+async fn consume(
+    js: jetstream::Context,
+    consumer: Consumer,
+    engine: Arc<Engine>,
+    stop: CancellationToken,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
-        match wangge_bus::ensure_stream(&js).await.and(consumer.ensure().await) {
+        match wangge_bus::ensure_stream(&js)
+            .await
+            .and(consumer.ensure().await)
+        {
             Ok(()) => break,
             Err(error) => {
                 warn!(%error, "waiting for jetstream");
@@ -157,7 +197,11 @@ async fn load_grids(pool: &sqlx::PgPool, scope: &Scope) -> anyhow::Result<GridIn
     let rows = wangge_store::registry::grids(pool, scope.prefix()).await?;
     let mut grids = Vec::with_capacity(rows.len());
     for row in rows {
-        let code = row.grid.code.parse().map_err(|e| anyhow::anyhow!("grid {}: {e}", row.grid.code))?;
+        let code = row
+            .grid
+            .code
+            .parse()
+            .map_err(|e| anyhow::anyhow!("grid {}: {e}", row.grid.code))?;
         let geometry: geojson::Geometry = serde_json::from_str(&row.boundary)
             .with_context(|| format!("grid {code}: boundary is not GeoJSON"))?;
         let boundary = match geo::Geometry::<f64>::try_from(geometry)

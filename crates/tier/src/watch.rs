@@ -34,7 +34,11 @@ pub fn watch(
         std::future::ready(item)
     });
     let stopping = shared.stopping.clone().cancelled_owned();
-    Box::pin(stream::iter(initial.into_iter().map(Ok)).chain(live).take_until(stopping))
+    Box::pin(
+        stream::iter(initial.into_iter().map(Ok))
+            .chain(live)
+            .take_until(stopping),
+    )
 }
 
 /// True when `states` is empty or holds the case's state.

@@ -22,9 +22,14 @@ fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
     let client_id = request.client_id.trim().to_owned();
     let client_id_ok = !client_id.is_empty()
         && client_id.len() <= 64
-        && client_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
     if !client_id_ok {
-        return Err(Error::invalid("client_id", "required: 1-64 letters, digits, - or _ (a UUID from the app)"));
+        return Err(Error::invalid(
+            "client_id",
+            "required: 1-64 letters, digits, - or _ (a UUID from the app)",
+        ));
     }
     let category_code = request.category_code.trim().to_owned();
     if category_code.is_empty() {
@@ -35,15 +40,23 @@ fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
         return Err(Error::invalid("description", "required"));
     }
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(Error::invalid("description", format!("longer than {MAX_DESCRIPTION_CHARS} characters")));
+        return Err(Error::invalid(
+            "description",
+            format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
-    let location = request.location.ok_or_else(|| Error::invalid("location", "required"))?;
+    let location = request
+        .location
+        .ok_or_else(|| Error::invalid("location", "required"))?;
     let in_range = location.longitude.is_finite()
         && location.latitude.is_finite()
         && (-180.0..=180.0).contains(&location.longitude)
         && (-90.0..=90.0).contains(&location.latitude);
     if !in_range {
-        return Err(Error::invalid("location", "longitude must be within ±180 and latitude within ±90"));
+        return Err(Error::invalid(
+            "location",
+            "longitude must be within ±180 and latitude within ±90",
+        ));
     }
     if let Some(captured) = &request.captured_at {
         let now = chrono::Utc::now().timestamp();
@@ -54,12 +67,20 @@ fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
     let urgency = match pb::Urgency::try_from(request.urgency) {
         Ok(pb::Urgency::Unspecified) => pb::Urgency::Normal,
         Ok(urgency) => urgency,
-        Err(_) => return Err(Error::invalid("urgency", format!("unknown urgency {}", request.urgency))),
+        Err(_) => {
+            return Err(Error::invalid(
+                "urgency",
+                format!("unknown urgency {}", request.urgency),
+            ));
+        }
     };
     if let Some(handling) = &request.self_handling
         && handling.resolution.trim().is_empty()
     {
-        return Err(Error::invalid("self_handling.resolution", "say what was done on the spot"));
+        return Err(Error::invalid(
+            "self_handling.resolution",
+            "say what was done on the spot",
+        ));
     }
     Ok(NewReport {
         client_id,
@@ -75,7 +96,10 @@ fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
 
 fn check_note(note: &str) -> Result<(), Error> {
     if note.chars().count() > MAX_NOTE_CHARS {
-        return Err(Error::invalid("note", format!("longer than {MAX_NOTE_CHARS} characters")));
+        return Err(Error::invalid(
+            "note",
+            format!("longer than {MAX_NOTE_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -84,7 +108,9 @@ fn check_note(note: &str) -> Result<(), Error> {
 fn is_task(case: &pb::Case, prefixes: &[String]) -> bool {
     case.state() == pb::CaseState::Checking
         && case.check_outcome() == pb::CheckOutcome::Pending
-        && prefixes.iter().any(|p| case.grid_code.starts_with(p.as_str()))
+        && prefixes
+            .iter()
+            .any(|p| case.grid_code.starts_with(p.as_str()))
 }
 
 impl FieldApp {
@@ -93,7 +119,10 @@ impl FieldApp {
         if codes.is_empty() {
             return Ok(vec![scope.prefix().to_owned()]);
         }
-        codes.iter().map(|c| prefix_in_scope(scope, "org_codes", c)).collect()
+        codes
+            .iter()
+            .map(|c| prefix_in_scope(scope, "org_codes", c))
+            .collect()
     }
 
     async fn tasks(&self, prefixes: &[String]) -> Result<Vec<pb::Case>, Error> {
@@ -115,19 +144,30 @@ impl FieldApp {
 impl pb::field_app_service_server::FieldAppService for FieldApp {
     type WatchTasksStream = UpdateStream;
 
-    async fn report_case(&self, request: Request<pb::ReportCaseRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn report_case(
+        &self,
+        request: Request<pb::ReportCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::GridWorker)?;
         let report = parse_report(request.into_inner())?;
         Ok(Response::new(self.0.engine.report(actor, report).await?))
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
         actor(&request, pb::Role::GridWorker)?;
         let prefixes = self.prefixes(&request.get_ref().org_codes)?;
-        Ok(Response::new(pb::ListTasksResponse { cases: self.tasks(&prefixes).await? }))
+        Ok(Response::new(pb::ListTasksResponse {
+            cases: self.tasks(&prefixes).await?,
+        }))
     }
 
-    async fn watch_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<Self::WatchTasksStream>, Status> {
+    async fn watch_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
         actor(&request, pb::Role::GridWorker)?;
         let prefixes = self.prefixes(&request.get_ref().org_codes)?;
         let live = self.0.engine.subscribe();
@@ -135,15 +175,24 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
             .tasks(&prefixes)
             .await?
             .into_iter()
-            .map(|case| pb::CaseUpdate { case: Some(case), event: None })
+            .map(|case| pb::CaseUpdate {
+                case: Some(case),
+                event: None,
+            })
             .collect();
         let stream = watch(&self.0, live, initial, move |update| {
-            update.case.as_ref().is_some_and(|case| is_task(case, &prefixes))
+            update
+                .case
+                .as_ref()
+                .is_some_and(|case| is_task(case, &prefixes))
         });
         Ok(Response::new(stream))
     }
 
-    async fn confirm_check(&self, request: Request<pb::ConfirmCheckRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn confirm_check(
+        &self,
+        request: Request<pb::ConfirmCheckRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::GridWorker)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
@@ -152,7 +201,9 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
             actor,
             note: request.note,
             attachments: request.attachments,
-            kind: Kind::Checked(pb::Checked { passed: request.passed }),
+            kind: Kind::Checked(pb::Checked {
+                passed: request.passed,
+            }),
         };
         Ok(Response::new(self.0.engine.act(id, action).await?))
     }
@@ -163,7 +214,11 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
 pub struct Community(pub Shared);
 
 impl Community {
-    async fn review(&self, request: Request<pb::ReviewRequest>, approve: bool) -> Result<Response<pb::Case>, Status> {
+    async fn review(
+        &self,
+        request: Request<pb::ReviewRequest>,
+        approve: bool,
+    ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::CommunityStaff)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
@@ -171,20 +226,33 @@ impl Community {
         let kind = if approve {
             Kind::SelfHandleApproved(pb::SelfHandleApproved {})
         } else {
-            Kind::SelfHandleRejected(pb::SelfHandleRejected { reason: request.note.clone() })
+            Kind::SelfHandleRejected(pb::SelfHandleRejected {
+                reason: request.note.clone(),
+            })
         };
-        let action = Action { actor, note: request.note, attachments: Vec::new(), kind };
+        let action = Action {
+            actor,
+            note: request.note,
+            attachments: Vec::new(),
+            kind,
+        };
         Ok(Response::new(self.0.engine.act(id, action).await?))
     }
 }
 
 #[tonic::async_trait]
 impl pb::community_service_server::CommunityService for Community {
-    async fn approve_self_handled(&self, request: Request<pb::ReviewRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn approve_self_handled(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         self.review(request, true).await
     }
 
-    async fn reject_self_handled(&self, request: Request<pb::ReviewRequest>) -> Result<Response<pb::Case>, Status> {
+    async fn reject_self_handled(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
         self.review(request, false).await
     }
 }
@@ -198,7 +266,10 @@ mod tests {
             client_id: "0195f3c2-7d4e-7a10-9c61-2f1d0e8b4a21".into(),
             category_code: "szcg-01-01".into(),
             description: "暴露垃圾".into(),
-            location: Some(pb::GeoPoint { longitude: 118.0, latitude: 24.5 }),
+            location: Some(pb::GeoPoint {
+                longitude: 118.0,
+                latitude: 24.5,
+            }),
             ..Default::default()
         }
     }
@@ -218,19 +289,90 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(field_of(pb::ReportCaseRequest { client_id: "".into(), ..valid() }), "client_id");
-        assert_eq!(field_of(pb::ReportCaseRequest { client_id: "a b".into(), ..valid() }), "client_id");
-        assert_eq!(field_of(pb::ReportCaseRequest { category_code: " ".into(), ..valid() }), "category_code");
-        assert_eq!(field_of(pb::ReportCaseRequest { description: "".into(), ..valid() }), "description");
-        assert_eq!(field_of(pb::ReportCaseRequest { location: None, ..valid() }), "location");
-        let far = Some(pb::GeoPoint { longitude: 500.0, latitude: 24.5 });
-        assert_eq!(field_of(pb::ReportCaseRequest { location: far, ..valid() }), "location");
-        let nan = Some(pb::GeoPoint { longitude: f64::NAN, latitude: 24.5 });
-        assert_eq!(field_of(pb::ReportCaseRequest { location: nan, ..valid() }), "location");
-        assert_eq!(field_of(pb::ReportCaseRequest { urgency: 99, ..valid() }), "urgency");
-        let future = Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 3600, nanos: 0 });
-        assert_eq!(field_of(pb::ReportCaseRequest { captured_at: future, ..valid() }), "captured_at");
-        let empty = Some(pb::SelfHandling { resolution: "".into() });
-        assert_eq!(field_of(pb::ReportCaseRequest { self_handling: empty, ..valid() }), "self_handling.resolution");
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                client_id: "".into(),
+                ..valid()
+            }),
+            "client_id"
+        );
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                client_id: "a b".into(),
+                ..valid()
+            }),
+            "client_id"
+        );
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                category_code: " ".into(),
+                ..valid()
+            }),
+            "category_code"
+        );
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                description: "".into(),
+                ..valid()
+            }),
+            "description"
+        );
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                location: None,
+                ..valid()
+            }),
+            "location"
+        );
+        let far = Some(pb::GeoPoint {
+            longitude: 500.0,
+            latitude: 24.5,
+        });
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                location: far,
+                ..valid()
+            }),
+            "location"
+        );
+        let nan = Some(pb::GeoPoint {
+            longitude: f64::NAN,
+            latitude: 24.5,
+        });
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                location: nan,
+                ..valid()
+            }),
+            "location"
+        );
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                urgency: 99,
+                ..valid()
+            }),
+            "urgency"
+        );
+        let future = Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 3600,
+            nanos: 0,
+        });
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                captured_at: future,
+                ..valid()
+            }),
+            "captured_at"
+        );
+        let empty = Some(pb::SelfHandling {
+            resolution: "".into(),
+        });
+        assert_eq!(
+            field_of(pb::ReportCaseRequest {
+                self_handling: empty,
+                ..valid()
+            }),
+            "self_handling.resolution"
+        );
     }
 }

@@ -12,11 +12,29 @@ use wangge_tier::Config;
 pub use field::{Community, FieldApp};
 
 /// Serves the village tier on `listener` until `shutdown` resolves.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    wangge_tier::run(pb::Tier::Village, config, listener, shutdown, |shared, routes| {
-        routes
-            .add_service(pb::field_app_service_server::FieldAppServiceServer::new(FieldApp(shared.clone())))
-            .add_service(pb::community_service_server::CommunityServiceServer::new(Community(shared.clone())));
-    })
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    wangge_tier::run(
+        pb::Tier::Village,
+        config,
+        listener,
+        shutdown,
+        |shared, routes| {
+            routes
+                .add_service(pb::field_app_service_server::FieldAppServiceServer::new(
+                    FieldApp(shared.clone()),
+                ))
+                .add_service(pb::community_service_server::CommunityServiceServer::new(
+                    Community(shared.clone()),
+                ));
+            vec![
+                pb::field_app_service_server::SERVICE_NAME,
+                pb::community_service_server::SERVICE_NAME,
+            ]
+        },
+    )
     .await
 }

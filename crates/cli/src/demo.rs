@@ -1,0 +1,332 @@
+//! The guided demo: one case from a grid worker's report to its close, across the three tiers.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use tonic::Request;
+use tonic::transport::Channel;
+use wangge_domain::case::kind_name;
+use wangge_proto as pb;
+use wangge_proto::{CaseState, Tier};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    village: String,
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    street: String,
+    #[arg(long, default_value = "http://127.0.0.1:50053")]
+    district: String,
+    /// The seeds folder, to find a point inside the demo grid.
+    #[arg(long, default_value = "seeds")]
+    seeds: PathBuf,
+    /// The grid to report in.
+    #[arg(long, default_value = "350205002006001")]
+    grid: String,
+}
+
+fn as_actor<T>(actor: &str, message: T) -> anyhow::Result<Request<T>> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-wangge-actor", actor.parse()?);
+    Ok(request)
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(url.to_owned())?.connect().await {
+            Ok(channel) => {
+                let mut health =
+                    pb::registry_service_client::RegistryServiceClient::new(channel.clone());
+                if health.get_scope(pb::GetScopeRequest {}).await.is_ok() {
+                    return Ok(channel);
+                }
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context(format!("cannot reach {url}"));
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            bail!("{url} does not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn step(n: u32, text: String) {
+    println!("  {n:>2}. {text}");
+}
+
+async fn history(channel: &Channel, case_id: &str) -> anyhow::Result<Vec<pb::CaseEvent>> {
+    let mut client = pb::case_query_service_client::CaseQueryServiceClient::new(channel.clone());
+    match client
+        .list_case_events(pb::ListCaseEventsRequest {
+            case_id: case_id.to_owned(),
+        })
+        .await
+    {
+        Ok(response) => Ok(response.into_inner().events),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(Vec::new()),
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// Waits until the three tiers hold the same `version` events.
+async fn converge(
+    channels: &[(&str, Channel)],
+    case: &pb::Case,
+) -> anyhow::Result<Vec<pb::CaseEvent>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut histories = Vec::new();
+        for (_, channel) in channels {
+            histories.push(history(channel, &case.id).await?);
+        }
+        if histories
+            .iter()
+            .all(|h| h.len() as u64 == case.version && *h == histories[0])
+        {
+            return Ok(histories.swap_remove(0));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the tiers did not converge on case {} at version {}",
+                case.id,
+                case.version
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn state(case: &pb::Case) -> &'static str {
+    case.state().as_str_name().trim_start_matches("CASE_STATE_")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let grids = wangge_seed::load_grids(&args.seeds).context("reading the seed grids")?;
+    let grid = grids
+        .iter()
+        .find(|g| g.code.to_string() == args.grid)
+        .context("grid not in the seeds")?;
+    let (longitude, latitude) = wangge_seed::interior_point(grid);
+    let village = connect(&args.village).await?;
+    let street = connect(&args.street).await?;
+    let district = connect(&args.district).await?;
+    let tiers = [
+        ("village", village.clone()),
+        ("street", street.clone()),
+        ("district", district.clone()),
+    ];
+
+    let community = &args.grid[..12];
+    let street_code = format!("{}000", &args.grid[..9]);
+    let worker = format!("gw-{}", args.grid);
+    let operator = format!("op-{street_code}");
+    let chief = format!("dc-{street_code}");
+
+    let mut console =
+        pb::command_console_service_client::CommandConsoleServiceClient::new(street.clone());
+    let mut watch = console
+        .watch_cases(as_actor(&operator, pb::WatchCasesRequest::default())?)
+        .await?
+        .into_inner();
+    let mut field = pb::field_app_service_client::FieldAppServiceClient::new(village.clone());
+
+    println!("\n  The case loop, through the gRPC APIs of the three tiers:\n");
+    let started = Instant::now();
+    let report = pb::ReportCaseRequest {
+        client_id: uuid::Uuid::now_v7().to_string(),
+        category_code: "szcg-01-01".into(),
+        description: "路边暴露垃圾一堆（演示）".into(),
+        location: Some(pb::GeoPoint {
+            longitude,
+            latitude,
+        }),
+        ..Default::default()
+    };
+    let case = field
+        .report_case(as_actor(&worker, report)?)
+        .await?
+        .into_inner();
+    step(
+        1,
+        format!(
+            "网格员 {worker} reports 暴露垃圾 at ({longitude:.5}, {latitude:.5}) -> case {} in grid {}, community {community}",
+            case.number, case.grid_code
+        ),
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .context("street watch")?;
+    if seen.is_some() {
+        step(
+            2,
+            format!(
+                "the street console's live watch shows it after {} ms",
+                started.elapsed().as_millis()
+            ),
+        );
+    }
+    converge(&tiers, &case).await?;
+
+    let action = |case: &pb::Case, note: &str| pb::CaseActionRequest {
+        case_id: case.id.clone(),
+        note: note.to_owned(),
+        ..Default::default()
+    };
+    let case = console
+        .accept_case(as_actor(&operator, action(&case, "属实，立案"))?)
+        .await?
+        .into_inner();
+    step(
+        3,
+        format!("the street center accepts it (立案): {}", state(&case)),
+    );
+
+    let mut registry = pb::registry_service_client::RegistryServiceClient::new(street.clone());
+    let departments = registry
+        .list_departments(pb::ListDepartmentsRequest {
+            org_code: street_code.clone(),
+        })
+        .await?
+        .into_inner()
+        .departments;
+    let department = departments
+        .iter()
+        .find(|d| d.org_code == street_code && d.kind == "城管")
+        .context("no 城管 department in the street")?;
+    let dispatch = pb::DispatchCaseRequest {
+        case_id: case.id.clone(),
+        department_code: department.code.clone(),
+        note: "请于4个工作小时内清理".into(),
+    };
+    let case = console
+        .dispatch_case(as_actor(&operator, dispatch)?)
+        .await?
+        .into_inner();
+    step(
+        4,
+        format!(
+            "and dispatches it to {} {} (派遣): {}",
+            department.code,
+            department.name,
+            state(&case)
+        ),
+    );
+
+    let handler = format!("dh-{}", department.code);
+    let mut departments =
+        pb::department_service_client::DepartmentServiceClient::new(street.clone());
+    let act = |note: &str| pb::DepartmentActionRequest {
+        case_id: case.id.clone(),
+        department_code: department.code.clone(),
+        note: note.to_owned(),
+        ..Default::default()
+    };
+    let signed = departments
+        .sign_case(as_actor(&handler, act(""))?)
+        .await?
+        .into_inner();
+    step(
+        5,
+        format!("the department signs for it (签收): {}", state(&signed)),
+    );
+    let case = departments
+        .report_handled(as_actor(&handler, act("已清运"))?)
+        .await?
+        .into_inner();
+    step(
+        6,
+        format!("handles it and reports back (处理反馈): {}", state(&case)),
+    );
+
+    let case = console
+        .request_check(as_actor(&operator, action(&case, "请现场核查"))?)
+        .await?
+        .into_inner();
+    step(
+        7,
+        format!(
+            "the street asks the community for an on-site check (核查): {}, held by the village",
+            state(&case)
+        ),
+    );
+    converge(&tiers, &case).await?;
+    let tasks = field
+        .list_tasks(as_actor(
+            &worker,
+            pb::ListTasksRequest {
+                org_codes: vec![args.grid.clone()],
+            },
+        )?)
+        .await?
+        .into_inner();
+    let confirm = pb::ConfirmCheckRequest {
+        case_id: case.id.clone(),
+        passed: true,
+        note: "现场已清理".into(),
+        ..Default::default()
+    };
+    let case = field
+        .confirm_check(as_actor(&worker, confirm)?)
+        .await?
+        .into_inner();
+    step(
+        8,
+        format!(
+            "the grid worker finds it among {} task(s) and confirms on site",
+            tasks.cases.len()
+        ),
+    );
+    converge(&tiers, &case).await?;
+    let case = console
+        .close_case(as_actor(&chief, action(&case, "结案"))?)
+        .await?
+        .into_inner();
+    if case.state() != CaseState::Closed {
+        bail!("the case did not close");
+    }
+    step(
+        9,
+        format!("the duty chief closes it (结案): {}", state(&case)),
+    );
+
+    let history = converge(&tiers, &case).await?;
+    println!(
+        "\n  Its history, identical at the village, street and district tiers ({} events):\n",
+        history.len()
+    );
+    for event in &history {
+        let actor = event.actor.clone().unwrap_or_default();
+        let at = event
+            .at
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let tier = match event.tier() {
+            Tier::Village => "village",
+            Tier::Street => "street",
+            Tier::District => "district",
+            Tier::Unspecified => "?",
+        };
+        let kind = event.kind.as_ref().map(kind_name).unwrap_or("?");
+        println!(
+            "    #{} {at} {tier:<8} {kind:<16} {:<26} {:<16} {}",
+            event.seq,
+            actor.id,
+            event
+                .state_after()
+                .as_str_name()
+                .trim_start_matches("CASE_STATE_"),
+            event.note
+        );
+    }
+    println!("\n  Done in {} ms.", started.elapsed().as_millis());
+    Ok(())
+}

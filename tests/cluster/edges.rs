@@ -1,0 +1,331 @@
+//! Bad input gets a clear status naming what was wrong; the binaries serve health, reflection and
+//! grpc-web, print their configuration, and stop cleanly on SIGTERM.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request};
+use wangge_proto as pb;
+use wangge_proto::Tier;
+use wangge_tests::Cluster;
+use wangge_tests::cluster::{STREET_SCOPE, as_actor};
+use wangge_tests::db::TestDb;
+use wangge_tests::fixtures::*;
+use wangge_tests::nats::NatsServer;
+use wangge_tests::process::{TierProcess, binary};
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_status_naming_the_field() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let mut field = clients.field();
+
+    // A location outside every grid of the scope: in Siming, and in the sea off Africa.
+    for location in [
+        point_in(SIMING_GRID),
+        pb::GeoPoint {
+            longitude: 0.0,
+            latitude: 0.0,
+        },
+    ] {
+        let mut request = report(&client_id(), GRID);
+        request.location = Some(location);
+        let status = field
+            .report_case(as_actor(GRID_WORKER, request))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("location:"), "{status:?}");
+    }
+    let mut request = report(&client_id(), GRID);
+    request.category_code = "szcg-99-99".into();
+    let status = field
+        .report_case(as_actor(GRID_WORKER, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("category_code:"), "{status:?}");
+    let status = field
+        .report_case(Request::new(report(&client_id(), GRID)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    let mut console = clients.street_console();
+    let status = console
+        .accept_case(as_actor(
+            STREET_OPERATOR,
+            pb::CaseActionRequest {
+                case_id: "nope".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("case_id:"), "{status:?}");
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let status = console
+        .accept_case(as_actor(
+            STREET_OPERATOR,
+            pb::CaseActionRequest {
+                case_id: unknown,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
+    let status = console
+        .reject_case(as_actor(
+            STREET_CHIEF,
+            pb::CaseActionRequest {
+                case_id: case.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "a rejection needs a reason: {status:?}"
+    );
+    console
+        .accept_case(as_actor(
+            STREET_OPERATOR,
+            pb::CaseActionRequest {
+                case_id: case.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let dispatch = |department: &str| pb::DispatchCaseRequest {
+        case_id: case.id.clone(),
+        department_code: department.to_owned(),
+        note: String::new(),
+    };
+    let status = console
+        .dispatch_case(as_actor(STREET_OPERATOR, dispatch("no-such-dept")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("department_code:"),
+        "{status:?}"
+    );
+    // A department of the district is not the street's to dispatch to.
+    let district_department = departments_of(&clients, Tier::District, "350205000000")
+        .await
+        .remove(0);
+    let status = console
+        .dispatch_case(as_actor(
+            STREET_OPERATOR,
+            dispatch(&district_department.code),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let status = clients
+        .district_console()
+        .escalate_case(as_actor(
+            DISTRICT_OPERATOR,
+            pb::CaseActionRequest {
+                case_id: case.id.clone(),
+                note: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // Nothing of the above left a trace.
+    assert_eq!(clients.converged(&case.id, 2).await.len(), 2);
+
+    let status = clients
+        .registry(Tier::Street)
+        .list_grids(pb::ListGridsRequest {
+            org_code: "350203000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "outside the scope: {status:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn the_registry_answers_from_the_seeds() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let mut registry = clients.registry(Tier::Street);
+    let grid = registry
+        .locate_grid(pb::LocateGridRequest {
+            location: Some(point_in(GRID)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grid.code, GRID);
+    assert_eq!(grid.community_code, "350205002006");
+    let org = registry
+        .get_org(pb::GetOrgRequest {
+            code: "350205002000".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(org.name, "新阳街道");
+    let communities = registry
+        .list_orgs(pb::ListOrgsRequest {
+            parent_code: "350205002000".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orgs;
+    assert!(communities.iter().any(|o| o.name == "霞阳社区"));
+    let categories = registry
+        .list_categories(pb::ListCategoriesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        categories
+            .categories
+            .iter()
+            .any(|c| c.code == CATEGORY && c.name == "暴露垃圾")
+    );
+    let scope = registry
+        .get_scope(pb::GetScopeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (scope.tier(), scope.org_prefix.as_str()),
+        (Tier::Street, STREET_SCOPE)
+    );
+    cluster.stop().await;
+}
+
+async fn grpc_web_get_scope(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /wangge.v1.RegistryService/GetScope HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigterm() {
+    wangge_tests::init_logs();
+    let nats = NatsServer::start().await;
+    let db = TestDb::seeded("street").await;
+    let mut street = TierProcess::start(Tier::Street, STREET_SCOPE, &db.url, &nats.url()).await;
+    let channel = street.channel().await;
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "wangge.v1.CommandConsoleService",
+        "wangge.v1.DepartmentService",
+        "wangge.v1.CaseQueryService",
+        "wangge.v1.RegistryService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n == "wangge.v1.FieldAppService"),
+        "the street does not serve the field app: {names:?}"
+    );
+
+    let response = grpc_web_get_scope(street.addr).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("application/grpc-web"), "{response}");
+    assert!(response.contains("grpc-status:0"), "{response}");
+    assert!(response.contains("350205002"), "{response}");
+
+    let exit = street.terminate(Duration::from_secs(15)).await;
+    assert!(exit.success(), "graceful exit after SIGTERM: {exit:?}");
+}
+
+#[tokio::test]
+async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
+    let output = tokio::process::Command::new(binary(Tier::Village))
+        .args(["--dump-config", "--scope", "350205002006"])
+        .env(
+            "WANGGE_DATABASE_URL",
+            "postgres://wangge:s3cret@db.example:5432/village",
+        )
+        .env("WANGGE_SCOPE", "350205")
+        .env("WANGGE_LOG__FORMAT", "json")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("scope = \"350205002006\""), "{text}");
+    assert!(
+        text.contains("postgres://wangge:***@db.example:5432/village"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("format = \"json\""), "{text}");
+
+    let output = tokio::process::Command::new(binary(Tier::Village))
+        .args(["--dump-config", "--scope", "35020"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("scope"));
+}

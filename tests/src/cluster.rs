@@ -1,0 +1,246 @@
+//! The three tiers in-process against one nats-server and three fresh databases, with gRPC clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Request;
+use tonic::transport::Channel;
+use wangge_proto as pb;
+use wangge_proto::Tier;
+use wangge_tier::Config;
+
+use crate::db::TestDb;
+use crate::eventually;
+use crate::nats::NatsServer;
+
+/// The village and the street serve 新阳街道 (Haicang), the district serves Haicang.
+pub const VILLAGE_SCOPE: &str = "350205002";
+pub const STREET_SCOPE: &str = "350205002";
+pub const DISTRICT_SCOPE: &str = "350205";
+
+/// One tier running inside the test process.
+pub struct TierHandle {
+    pub tier: Tier,
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TierHandle {
+    pub async fn start(tier: Tier, scope: &str, nats_url: &str, db: TestDb) -> TierHandle {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::defaults(tier);
+        config.scope = scope.to_owned();
+        config.listen = addr;
+        config.database_url = db.url.clone().into();
+        config.database_max_connections = 8;
+        config.nats_url = nats_url.to_owned();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(async move {
+            match tier {
+                Tier::Village => wangge_village::run(config, listener, shutdown).await,
+                Tier::Street => wangge_street::run(config, listener, shutdown).await,
+                _ => wangge_district::run(config, listener, shutdown).await,
+            }
+        });
+        let handle = TierHandle {
+            tier,
+            addr,
+            db,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        handle.wait_serving().await;
+        handle
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_serving(&self) {
+        let addr = self.addr;
+        eventually(
+            "the tier to serve",
+            Duration::from_secs(20),
+            || async move {
+                let channel = Channel::from_shared(format!("http://{addr}"))
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .ok()?;
+                (status.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Graceful stop; returns what `run` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TierHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// NATS, three databases and the three tiers.
+pub struct Cluster {
+    pub village: TierHandle,
+    pub street: TierHandle,
+    pub district: TierHandle,
+    pub nats: NatsServer,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        crate::init_logs();
+        let nats = NatsServer::start().await;
+        let (vdb, sdb, ddb) = tokio::join!(
+            TestDb::seeded("village"),
+            TestDb::seeded("street"),
+            TestDb::seeded("district")
+        );
+        let url = nats.url();
+        let (village, street, district) = tokio::join!(
+            TierHandle::start(Tier::Village, VILLAGE_SCOPE, &url, vdb),
+            TierHandle::start(Tier::Street, STREET_SCOPE, &url, sdb),
+            TierHandle::start(Tier::District, DISTRICT_SCOPE, &url, ddb),
+        );
+        Cluster {
+            village,
+            street,
+            district,
+            nats,
+        }
+    }
+
+    pub async fn clients(&self) -> TierClients {
+        TierClients {
+            village: self.village.channel().await,
+            street: self.street.channel().await,
+            district: self.district.channel().await,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        for tier in [&mut self.village, &mut self.street, &mut self.district] {
+            tier.stop().await.unwrap();
+        }
+    }
+}
+
+/// A request carrying the acting person.
+pub fn as_actor<T>(actor: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(wangge_tier::actor::ACTOR_HEADER, actor.parse().unwrap());
+    request
+}
+
+pub type FieldClient = pb::field_app_service_client::FieldAppServiceClient<Channel>;
+pub type CommunityClient = pb::community_service_client::CommunityServiceClient<Channel>;
+pub type ConsoleClient = pb::command_console_service_client::CommandConsoleServiceClient<Channel>;
+pub type DepartmentClient = pb::department_service_client::DepartmentServiceClient<Channel>;
+pub type CasesClient = pb::case_query_service_client::CaseQueryServiceClient<Channel>;
+pub type RegistryClient = pb::registry_service_client::RegistryServiceClient<Channel>;
+
+/// Channels to the three tiers, and the clients of their services.
+#[derive(Clone)]
+pub struct TierClients {
+    pub village: Channel,
+    pub street: Channel,
+    pub district: Channel,
+}
+
+impl TierClients {
+    pub fn field(&self) -> FieldClient {
+        FieldClient::new(self.village.clone())
+    }
+    pub fn community(&self) -> CommunityClient {
+        CommunityClient::new(self.village.clone())
+    }
+    pub fn street_console(&self) -> ConsoleClient {
+        ConsoleClient::new(self.street.clone())
+    }
+    pub fn district_console(&self) -> ConsoleClient {
+        ConsoleClient::new(self.district.clone())
+    }
+    pub fn street_departments(&self) -> DepartmentClient {
+        DepartmentClient::new(self.street.clone())
+    }
+    pub fn district_departments(&self) -> DepartmentClient {
+        DepartmentClient::new(self.district.clone())
+    }
+    pub fn cases(&self, tier: Tier) -> CasesClient {
+        CasesClient::new(self.channel(tier))
+    }
+    pub fn registry(&self, tier: Tier) -> RegistryClient {
+        RegistryClient::new(self.channel(tier))
+    }
+    fn channel(&self, tier: Tier) -> Channel {
+        match tier {
+            Tier::Village => self.village.clone(),
+            Tier::Street => self.street.clone(),
+            _ => self.district.clone(),
+        }
+    }
+
+    /// The history of a case at one tier (empty when the tier does not have it yet).
+    pub async fn history(&self, tier: Tier, case_id: &str) -> Vec<pb::CaseEvent> {
+        let request = pb::ListCaseEventsRequest {
+            case_id: case_id.to_owned(),
+        };
+        match self.cases(tier).list_case_events(request).await {
+            Ok(response) => response.into_inner().events,
+            Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+            Err(status) => panic!("list_case_events at {tier:?}: {status}"),
+        }
+    }
+
+    /// Waits until all three tiers hold `version` events of the case and the same history; returns it.
+    pub async fn converged(&self, case_id: &str, version: u64) -> Vec<pb::CaseEvent> {
+        eventually(
+            &format!("case {case_id} at version {version} on every tier"),
+            Duration::from_secs(15),
+            || async {
+                let village = self.history(Tier::Village, case_id).await;
+                let street = self.history(Tier::Street, case_id).await;
+                let district = self.history(Tier::District, case_id).await;
+                (village.len() as u64 == version && village == street && street == district)
+                    .then_some(village)
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,94 @@
+//! Demo data the tests act with: points inside seeded grids, departments, categories, actors.
+
+use std::sync::OnceLock;
+
+use wangge_proto as pb;
+
+use crate::cluster::{TierClients, as_actor};
+use crate::seeds_dir;
+
+/// 霞阳社区 第1网格, 新阳街道, 海沧区.
+pub const GRID: &str = "350205002006001";
+/// Another community of 新阳街道.
+pub const OTHER_GRID: &str = "350205002007001";
+/// A grid of 思明区, outside the test scopes.
+pub const SIMING_GRID: &str = "350203001001001";
+pub const GRID_WORKER: &str = "gw-350205002006001";
+pub const COMMUNITY_STAFF: &str = "cs-350205002006";
+pub const STREET_OPERATOR: &str = "op-350205002000";
+pub const STREET_CHIEF: &str = "dc-350205002000";
+pub const DISTRICT_OPERATOR: &str = "op-350205000000";
+pub const DISTRICT_CHIEF: &str = "dc-350205000000";
+/// 暴露垃圾 (数字城管, 市容环境).
+pub const CATEGORY: &str = "szcg-01-01";
+
+fn points() -> &'static Vec<(String, (f64, f64))> {
+    static POINTS: OnceLock<Vec<(String, (f64, f64))>> = OnceLock::new();
+    POINTS.get_or_init(|| {
+        wangge_seed::load_grids(&seeds_dir())
+            .expect("seeds/grids load")
+            .iter()
+            .map(|grid| (grid.code.to_string(), wangge_seed::interior_point(grid)))
+            .collect()
+    })
+}
+
+/// A point strictly inside a seeded grid.
+pub fn point_in(grid: &str) -> pb::GeoPoint {
+    let (longitude, latitude) = points()
+        .iter()
+        .find(|(code, _)| code == grid)
+        .unwrap_or_else(|| panic!("grid {grid} is not seeded"))
+        .1;
+    pb::GeoPoint {
+        longitude,
+        latitude,
+    }
+}
+
+/// A report of a rubbish heap in `grid`.
+pub fn report(client_id: &str, grid: &str) -> pb::ReportCaseRequest {
+    pb::ReportCaseRequest {
+        client_id: client_id.to_owned(),
+        category_code: CATEGORY.to_owned(),
+        description: "路边暴露垃圾一堆".to_owned(),
+        location: Some(point_in(grid)),
+        ..Default::default()
+    }
+}
+
+/// A fresh client id, as a field app makes one.
+pub fn client_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The departments of an org (a street or a district code), from the registry of `tier`.
+pub async fn departments_of(
+    clients: &TierClients,
+    tier: pb::Tier,
+    org: &str,
+) -> Vec<pb::Department> {
+    let response = clients
+        .registry(tier)
+        .list_departments(pb::ListDepartmentsRequest {
+            org_code: org.to_owned(),
+        })
+        .await
+        .unwrap();
+    response
+        .into_inner()
+        .departments
+        .into_iter()
+        .filter(|d| d.org_code == org)
+        .collect()
+}
+
+/// Reports a case in `grid` as the grid worker.
+pub async fn report_case(clients: &TierClients, grid: &str) -> pb::Case {
+    clients
+        .field()
+        .report_case(as_actor(GRID_WORKER, report(&client_id(), grid)))
+        .await
+        .unwrap()
+        .into_inner()
+}

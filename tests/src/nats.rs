@@ -1,0 +1,102 @@
+//! A real nats-server with JetStream in a child process, on a free port, with its own store dir.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::{eventually, free_port};
+
+/// A nats-server child process; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+/// The nats-server binary: `WANGGE_NATS_SERVER`, else the one on PATH or Debian's.
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WANGGE_NATS_SERVER") {
+        return path.into();
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
+        let candidate = PathBuf::from(dir).join("nats-server");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "nats-server not found: install it (apt-get install nats-server) or set WANGGE_NATS_SERVER"
+    );
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            "nats-server to listen",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.unwrap()
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
