@@ -8,6 +8,7 @@ pub mod v1 {
 }
 
 /// The encoded file descriptor set of every wangge proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wangge_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/wangge_descriptor.bin"));
 
 pub use v1::*;

@@ -16,7 +16,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("stored {what} does not decode: {source}")]
     Corrupt {

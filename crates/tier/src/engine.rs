@@ -322,7 +322,8 @@ impl Handler for Replicator {
                 ..
             }) => event,
             Ok(_) => {
-                return dead_letter(engine, subject, payload, "envelope without a case event").await;
+                return dead_letter(engine, subject, payload, "envelope without a case event")
+                    .await;
             }
             Err(e) => {
                 return dead_letter(
