@@ -360,6 +360,8 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
         Tier::District,
         "the check goes back to who asked"
     );
+    // The district acts once the check has reached it.
+    same_everywhere(&clients, &case).await;
     let case = district
         .close_case(as_actor(DISTRICT_CHIEF, action(&case, "")))
         .await
@@ -564,11 +566,14 @@ async fn illegal_steps_are_refused_and_change_nothing() {
         .await
         .unwrap()
         .into_inner();
+    // Once the failed check is back at the street, closing is still refused: it did not pass.
+    same_everywhere(&clients, &case).await;
     let refused = console
         .close_case(as_actor(STREET_CHIEF, action(&case, "")))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("failed"), "{refused:?}");
     let history = same_everywhere(&clients, &case).await;
     assert_eq!(
         history.len(),
