@@ -328,4 +328,14 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("scope"));
+
+    // A scope from the environment alone, which looks like a number to the env parser.
+    let output = tokio::process::Command::new(binary(Tier::Village))
+        .arg("--dump-config")
+        .env("WANGGE_SCOPE", "350205")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("scope = \"350205\""));
 }

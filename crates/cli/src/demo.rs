@@ -302,12 +302,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "\n  Its history, identical at the village, street and district tiers ({} events):\n",
         history.len()
     );
+    let china = chrono::FixedOffset::east_opt(8 * 3600).context("UTC+8")?;
     for event in &history {
         let actor = event.actor.clone().unwrap_or_default();
         let at = event
             .at
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-            .map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .map(|t| t.with_timezone(&china).format("%H:%M:%S%.3f").to_string())
             .unwrap_or_default();
         let tier = match event.tier() {
             Tier::Village => "village",

@@ -14,6 +14,7 @@ use wangge_proto::Tier;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     /// The org code (or its 6/9/12-digit prefix) this instance serves.
+    #[serde(deserialize_with = "digits")]
     pub scope: String,
     /// Where gRPC (and grpc-web) is served.
     pub listen: SocketAddr,
@@ -34,6 +35,20 @@ pub struct LogConfig {
     pub format: String,
     /// An env-filter directive, e.g. `info,wangge=debug`.
     pub filter: String,
+}
+
+/// Codes are digits, so `WANGGE_SCOPE=350205` reaches us as a number: take it as the string it is.
+fn digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Code {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Code::deserialize(d)? {
+        Code::Text(text) => text,
+        Code::Number(number) => number.to_string(),
+    })
 }
 
 fn redacted_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
