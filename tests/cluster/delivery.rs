@@ -297,3 +297,41 @@ async fn tiers_killed_mid_stream_catch_up_and_every_accepted_report_appears_exac
         process.kill().await;
     }
 }
+
+#[tokio::test]
+async fn reports_taken_while_nats_is_down_are_forwarded_when_it_returns() {
+    let mut cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    cluster.nats.kill().await;
+
+    // The village takes reports with the bus gone: they wait in its outbox.
+    let mut cases = Vec::new();
+    for _ in 0..5 {
+        cases.push(report_case(&clients, GRID).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for case in &cases {
+        assert!(
+            clients.history(Tier::Street, &case.id).await.is_empty(),
+            "nothing crossed without NATS"
+        );
+    }
+    let pool = cluster.village.db.pool().await;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 5);
+
+    cluster.nats.resume().await;
+    for case in &cases {
+        clients.converged(&case.id, 1).await;
+    }
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0, "the outbox drained");
+    pool.close().await;
+    cluster.stop().await;
+}

@@ -84,11 +84,21 @@ impl NatsServer {
         async_nats::connect(self.url()).await.unwrap()
     }
 
-    /// Kills the server (SIGKILL) and starts it again on the same port and store.
-    pub async fn restart(&mut self) {
+    /// Kills the server (SIGKILL): the link is cut.
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn resume(&mut self) {
+        self.spawn().await;
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill().await;
         self.spawn().await;
     }
 }

@@ -314,6 +314,7 @@ enum Outcome {
 pub struct Replicator(pub Arc<Engine>);
 
 impl Handler for Replicator {
+    #[instrument(skip_all, fields(subject))]
     async fn handle(&self, subject: &str, payload: &[u8]) -> Disposition {
         let engine = &self.0;
         let event = match pb::Envelope::decode(payload) {

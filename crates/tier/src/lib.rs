@@ -147,6 +147,8 @@ where
     };
     info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, "serving");
     tonic::transport::Server::builder()
+        // One span per call, named by its method, so every log line of a call says which call it was.
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .accept_http1(true)
         .layer(tonic_web::GrpcWebLayer::new())
         .add_routes(routes.routes())
