@@ -9,6 +9,8 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use wangge_proto as pb;
+
+type AdminClient = pb::admin_service_client::AdminServiceClient<Channel>;
 use wangge_proto::Tier;
 use wangge_tests::cluster::{
     DISTRICT_SCOPE, FieldClient, STREET_SCOPE, TierClients, VILLAGE_SCOPE, as_actor,
@@ -316,22 +318,28 @@ async fn reports_taken_while_nats_is_down_are_forwarded_when_it_returns() {
             "nothing crossed without NATS"
         );
     }
-    let pool = cluster.village.db.pool().await;
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&pool)
+    let mut admin = AdminClient::new(clients.village.clone());
+    let status = admin
+        .get_status(pb::GetStatusRequest {})
         .await
-        .unwrap();
-    assert_eq!(waiting, 5);
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.outbox_depth, 5, "{status:?}");
+    assert!(status.outbox_oldest_seconds > 0.5, "{status:?}");
 
     cluster.nats.resume().await;
     for case in &cases {
         clients.converged(&case.id, 1).await;
     }
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&pool)
+    let status = admin
+        .get_status(pb::GetStatusRequest {})
         .await
-        .unwrap();
-    assert_eq!(waiting, 0, "the outbox drained");
-    pool.close().await;
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.outbox_depth, status.dead_letters, status.cases),
+        (0, 0, 5),
+        "the outbox drained: {status:?}"
+    );
     cluster.stop().await;
 }

@@ -46,6 +46,20 @@ async fn bad_input_is_refused_with_a_status_naming_the_field() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("category_code:"), "{status:?}");
+    let mut request = report(&client_id(), GRID);
+    request.attachments = vec![pb::Attachment {
+        id: "../etc/passwd".into(),
+        ..Default::default()
+    }];
+    let status = field
+        .report_case(as_actor(GRID_WORKER, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("attachments.id:"),
+        "{status:?}"
+    );
     let status = field
         .report_case(Request::new(report(&client_id(), GRID)))
         .await
@@ -204,6 +218,27 @@ async fn the_registry_answers_from_the_seeds() {
             .iter()
             .any(|c| c.code == CATEGORY && c.name == "暴露垃圾")
     );
+    let grids = registry
+        .list_grids(pb::ListGridsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .grids;
+    assert!(grids.iter().all(|g| g.code.starts_with(STREET_SCOPE)));
+    let mut admin =
+        pb::admin_service_client::AdminServiceClient::new(cluster.street.channel().await);
+    let reloaded = admin
+        .reload_grids(as_actor("admin", pb::ReloadGridsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.grids as usize, grids.len());
+    let status = admin
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.grids as usize, grids.len());
     let scope = registry
         .get_scope(pb::GetScopeRequest {})
         .await

@@ -226,3 +226,12 @@ pub async fn dead_letter(pool: &PgPool, subject: &str, body: &[u8], error: &str)
         .await?;
     Ok(())
 }
+
+/// How many cases this database holds, and how many dead letters.
+pub async fn counts(pool: &PgPool) -> Result<(i64, i64)> {
+    let row =
+        sqlx::query("SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM dead_letters)")
+            .fetch_one(pool)
+            .await?;
+    Ok((row.get(0), row.get(1)))
+}

@@ -55,7 +55,7 @@ fn redacted_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Err
     let url = url.expose_secret();
     // Hide a password between "user:" and "@".
     let shown = match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+        (Some(scheme), Some(at)) if at > scheme + 3 && url[scheme + 3..at].contains(':') => {
             let user_end = scheme + 3 + url[scheme + 3..at].find(':').unwrap_or(0);
             format!("{}:***{}", &url[..user_end], &url[at..])
         }
@@ -169,6 +169,11 @@ mod tests {
         );
         assert!(!text.contains("hunter2"));
         assert!(text.contains("[log]"));
+        // Odd URLs are shown as they are, never a panic.
+        for odd in ["a@b://c", "postgres://", "@", "x://y@"] {
+            config.database_url = odd.to_owned().into();
+            dump(&config).unwrap();
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! one transaction, wake the relay. Read path (from NATS): inbox key + sequence check, the same
 //! state machine, one transaction, then the ack.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -30,7 +30,8 @@ pub struct Engine {
     tier: pb::Tier,
     scope: Scope,
     pool: PgPool,
-    grids: GridIndex,
+    /// Swapped whole on reload; readers keep the index they started with.
+    grids: RwLock<Arc<GridIndex>>,
     relay: RelayHandle,
     updates: broadcast::Sender<pb::CaseUpdate>,
 }
@@ -90,7 +91,7 @@ impl Engine {
             tier,
             scope,
             pool,
-            grids,
+            grids: RwLock::new(Arc::new(grids)),
             relay,
             updates,
         }
@@ -108,8 +109,17 @@ impl Engine {
         &self.pool
     }
 
-    pub fn grids(&self) -> &GridIndex {
-        &self.grids
+    pub fn grids(&self) -> Arc<GridIndex> {
+        // A poisoned lock still holds a whole index: the writer only swaps an Arc.
+        self.grids.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the scope's grids from the registry again; returns how many there are.
+    pub async fn reload_grids(&self) -> anyhow::Result<usize> {
+        let index = crate::load_grids(&self.pool, &self.scope).await?;
+        let count = index.len();
+        *self.grids.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        Ok(count)
     }
 
     /// Every change this tier makes or applies, as it happens.
@@ -132,11 +142,12 @@ impl Engine {
             debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
             return Ok(existing);
         }
+        check_attachments(&report.attachments)?;
         let pb::GeoPoint {
             longitude,
             latitude,
         } = report.location;
-        let grid = self.grids.locate(longitude, latitude).ok_or_else(|| {
+        let grid = self.grids().locate(longitude, latitude).ok_or_else(|| {
             Error::invalid(
                 "location",
                 format!(
@@ -204,6 +215,13 @@ impl Engine {
     /// Appends one event by this tier to a case it holds.
     #[instrument(skip_all, fields(case_id = %case_id, kind = machine::kind_name(&action.kind)))]
     pub async fn act(&self, case_id: Uuid, action: Action) -> Result<pb::Case, Error> {
+        if action.note.chars().count() > MAX_NOTE_CHARS {
+            return Err(Error::invalid(
+                "note",
+                format!("longer than {MAX_NOTE_CHARS} characters"),
+            ));
+        }
+        check_attachments(&action.attachments)?;
         let mut tx = self.pool.begin().await?;
         let case = cases::load(&mut tx, case_id, true)
             .await?
@@ -295,6 +313,42 @@ impl Engine {
         });
         Ok(Outcome::Applied)
     }
+}
+
+/// Longest note (reason, result, remark) on a step.
+pub const MAX_NOTE_CHARS: usize = 2000;
+/// Most attachments on one step.
+pub const MAX_ATTACHMENTS: usize = 20;
+
+/// Attachment references are checked here; the upload itself arrives with the field-work capability.
+fn check_attachments(attachments: &[pb::Attachment]) -> Result<(), Error> {
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(Error::invalid(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} per step"),
+        ));
+    }
+    for attachment in attachments {
+        let id_ok = !attachment.id.is_empty()
+            && attachment.id.len() <= 64
+            && attachment
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if !id_ok {
+            return Err(Error::invalid(
+                "attachments.id",
+                "1-64 letters, digits, - or _",
+            ));
+        }
+        if attachment.content_type.len() > 100 || attachment.caption.chars().count() > 200 {
+            return Err(Error::invalid(
+                "attachments",
+                "content_type up to 100, caption up to 200 characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {

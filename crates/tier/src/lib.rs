@@ -122,6 +122,9 @@ where
         ))
         .add_service(pb::registry_service_server::RegistryServiceServer::new(
             query::Registry(shared.clone()),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(
+            query::Admin(shared.clone()),
         ));
     let mounted = mount(&shared, &mut routes);
     // Reflection advertises what this tier serves, not every service of the API.
@@ -131,7 +134,8 @@ where
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name(pb::case_query_service_server::SERVICE_NAME)
-        .with_service_name(pb::registry_service_server::SERVICE_NAME);
+        .with_service_name(pb::registry_service_server::SERVICE_NAME)
+        .with_service_name(pb::admin_service_server::SERVICE_NAME);
     for name in mounted {
         reflection = reflection.with_service_name(name);
     }
@@ -195,7 +199,7 @@ async fn consume(
 }
 
 /// The grids of the scope, from the registry.
-async fn load_grids(pool: &sqlx::PgPool, scope: &Scope) -> anyhow::Result<GridIndex> {
+pub(crate) async fn load_grids(pool: &sqlx::PgPool, scope: &Scope) -> anyhow::Result<GridIndex> {
     let rows = wangge_store::registry::grids(pool, scope.prefix()).await?;
     let mut grids = Vec::with_capacity(rows.len());
     for row in rows {

@@ -11,7 +11,6 @@ use wangge_tier::watch::{UpdateStream, watch};
 use wangge_tier::{Error, Shared};
 
 const MAX_DESCRIPTION_CHARS: usize = 2000;
-const MAX_NOTE_CHARS: usize = 2000;
 
 /// `wangge.v1.FieldAppService`.
 #[derive(Debug, Clone)]
@@ -92,16 +91,6 @@ fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
         attachments: request.attachments,
         self_handling: request.self_handling,
     })
-}
-
-fn check_note(note: &str) -> Result<(), Error> {
-    if note.chars().count() > MAX_NOTE_CHARS {
-        return Err(Error::invalid(
-            "note",
-            format!("longer than {MAX_NOTE_CHARS} characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// A task of the field app: an on-site check the village holds.
@@ -196,7 +185,6 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         let actor = actor(&request, pb::Role::GridWorker)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
-        check_note(&request.note)?;
         let action = Action {
             actor,
             note: request.note,
@@ -222,7 +210,6 @@ impl Community {
         let actor = actor(&request, pb::Role::CommunityStaff)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
-        check_note(&request.note)?;
         let kind = if approve {
             Kind::SelfHandleApproved(pb::SelfHandleApproved {})
         } else {
