@@ -92,6 +92,20 @@ async fn a_report_travels_the_whole_loop_and_every_tier_holds_the_same_history()
         .unwrap()
         .into_inner();
     assert!(queue.cases.iter().any(|c| c.id == case.id));
+    // A console opened later starts with what is already waiting.
+    let mut late = console
+        .watch_cases(as_actor(
+            STREET_OPERATOR,
+            pb::WatchCasesRequest {
+                states: vec![CaseState::Reported as i32],
+                include_existing: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = late.next().await.unwrap().unwrap();
+    assert_eq!(first.case.unwrap().id, case.id);
     same_everywhere(&clients, &case).await;
 
     // 立案, 派遣.

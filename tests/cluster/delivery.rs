@@ -228,7 +228,7 @@ async fn tiers_killed_mid_stream_catch_up_and_every_accepted_report_appears_exac
         district: lazy(district.addr),
     };
 
-    const PER_WRITER: usize = 80;
+    const PER_WRITER: usize = 150;
     const WRITERS: usize = 3;
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)
