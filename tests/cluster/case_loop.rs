@@ -7,7 +7,7 @@ use tonic::Code;
 use wangge_proto as pb;
 use wangge_proto::{CaseState, Tier};
 use wangge_tests::Cluster;
-use wangge_tests::cluster::{TierClients, as_actor};
+use wangge_tests::cluster::{DepartmentClient, TierClients, as_actor};
 use wangge_tests::fixtures::*;
 
 fn action(case: &pb::Case, note: &str) -> pb::CaseActionRequest {
@@ -25,6 +25,33 @@ fn department_action(case: &pb::Case, department: &str, note: &str) -> pb::Depar
         note: note.to_owned(),
         ..Default::default()
     }
+}
+
+/// The department signs for the case (签收) and reports it handled (处理反馈).
+async fn sign_and_handle(
+    handler: &mut DepartmentClient,
+    handler_id: &str,
+    case: &pb::Case,
+    department: &str,
+    result: &str,
+) -> pb::Case {
+    let signed = handler
+        .sign_case(as_actor(
+            handler_id,
+            department_action(case, department, ""),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.state(), CaseState::InProgress);
+    handler
+        .report_handled(as_actor(
+            handler_id,
+            department_action(case, department, result),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Every tier holds the same history with `version` events; checks who did what where.
@@ -337,21 +364,7 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
         .into_inner();
     let mut handler = clients.district_departments();
     let handler_id = format!("dh-{department}");
-    handler
-        .sign_case(as_actor(
-            &handler_id,
-            department_action(&case, &department, ""),
-        ))
-        .await
-        .unwrap();
-    let case = handler
-        .report_handled(as_actor(
-            &handler_id,
-            department_action(&case, &department, "已整治"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let case = sign_and_handle(&mut handler, &handler_id, &case, &department, "已整治").await;
     let case = district
         .request_check(as_actor(DISTRICT_OPERATOR, action(&case, "")))
         .await
@@ -508,21 +521,7 @@ async fn illegal_steps_are_refused_and_change_nothing() {
         .unwrap();
     let handler_id = format!("dh-{department}");
     let mut handler = clients.street_departments();
-    handler
-        .sign_case(as_actor(
-            &handler_id,
-            department_action(&case, &department, ""),
-        ))
-        .await
-        .unwrap();
-    let case = handler
-        .report_handled(as_actor(
-            &handler_id,
-            department_action(&case, &department, "done"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let case = sign_and_handle(&mut handler, &handler_id, &case, &department, "done").await;
     let before = same_everywhere(&clients, &case).await;
 
     let refused = console

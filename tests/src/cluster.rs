@@ -71,25 +71,9 @@ impl TierHandle {
 
     async fn wait_serving(&self) {
         let addr = self.addr;
-        eventually(
-            "the tier to serve",
-            Duration::from_secs(20),
-            || async move {
-                let channel = Channel::from_shared(format!("http://{addr}"))
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let status = health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .ok()?;
-                (status.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
-                    .then_some(())
-            },
-        )
+        eventually("the tier to serve", Duration::from_secs(20), || {
+            crate::serving(addr)
+        })
         .await;
     }
 

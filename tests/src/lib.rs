@@ -59,3 +59,20 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Some(()) once the gRPC server at `addr` answers its health check as SERVING.
+pub async fn serving(addr: std::net::SocketAddr) -> Option<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .ok()?;
+    (status.into_inner().status == ServingStatus::Serving as i32).then_some(())
+}

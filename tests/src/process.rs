@@ -76,23 +76,9 @@ impl TierProcess {
             .expect("start tier binary");
         self.child = Some(child);
         let addr = self.addr;
-        eventually(
-            "the tier process to serve",
-            Duration::from_secs(30),
-            || async move {
-                let channel = Channel::from_shared(format!("http://{addr}"))
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
+        eventually("the tier process to serve", Duration::from_secs(30), || {
+            crate::serving(addr)
+        })
         .await;
     }
 
