@@ -374,3 +374,33 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("scope = \"350205\""));
 }
+
+#[tokio::test]
+async fn a_village_instance_serves_only_its_community() {
+    // One binary, narrower scope: the village serves 霞阳社区 alone.
+    let cluster = Cluster::start_with(["350205002006", STREET_SCOPE, "350205"]).await;
+    let clients = cluster.clients().await;
+    let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
+
+    let status = clients
+        .field()
+        .report_case(as_actor(GRID_WORKER, report(&client_id(), OTHER_GRID)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("scope 350205002006"),
+        "{status:?}"
+    );
+    let grids = clients
+        .registry(Tier::Village)
+        .list_grids(pb::ListGridsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .grids;
+    assert!(!grids.is_empty());
+    assert!(grids.iter().all(|g| g.community_code == "350205002006"));
+    cluster.stop().await;
+}

@@ -107,6 +107,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Cluster::start_with([VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE]).await
+    }
+
+    /// The tiers with the given scopes (village, street, district).
+    pub async fn start_with(scopes: [&str; 3]) -> Cluster {
         crate::init_logs();
         let nats = NatsServer::start().await;
         let (vdb, sdb, ddb) = tokio::join!(
@@ -116,9 +121,9 @@ impl Cluster {
         );
         let url = nats.url();
         let (village, street, district) = tokio::join!(
-            TierHandle::start(Tier::Village, VILLAGE_SCOPE, &url, vdb),
-            TierHandle::start(Tier::Street, STREET_SCOPE, &url, sdb),
-            TierHandle::start(Tier::District, DISTRICT_SCOPE, &url, ddb),
+            TierHandle::start(Tier::Village, scopes[0], &url, vdb),
+            TierHandle::start(Tier::Street, scopes[1], &url, sdb),
+            TierHandle::start(Tier::District, scopes[2], &url, ddb),
         );
         Cluster {
             village,
