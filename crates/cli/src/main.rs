@@ -1,7 +1,9 @@
 //! `wangge`: the command line. `wangge demo` walks one case round the loop through the running
-//! tiers' gRPC APIs, as the field app, the consoles and a department would, and prints each step.
+//! tiers' gRPC APIs, as the field app, the consoles and a department would, and prints each step;
+//! `wangge load` sends a burst of reports and prints what it measured.
 
 mod demo;
+mod load;
 
 use clap::{Parser, Subcommand};
 
@@ -16,11 +18,14 @@ struct Cli {
 enum Command {
     /// Reports a case and walks it round the loop: accept, dispatch, handle, check, close.
     Demo(demo::Args),
+    /// Sends a burst of reports and prints intake rate, latency and time to reach every tier.
+    Load(load::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Load(args) => load::run(args).await,
     }
 }
