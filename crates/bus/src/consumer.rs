@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,10 +20,21 @@ pub enum Disposition {
     Retry(Duration),
 }
 
-/// Applies one message. Must be idempotent: JetStream delivers at least once.
-pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, subject: &str, payload: &[u8]) -> impl Future<Output = Disposition> + Send;
+/// One message handed to a [`Handler`].
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub subject: &'a str,
+    pub payload: &'a [u8],
 }
+
+/// Applies messages, a batch at a time, returning one disposition per message in order. Must be
+/// idempotent: JetStream delivers at least once.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, messages: &[Message<'_>]) -> impl Future<Output = Vec<Disposition>> + Send;
+}
+
+/// Most messages applied in one batch (one database transaction).
+const MAX_BATCH: usize = 256;
 
 /// A durable consumer of the case stream, filtered to one scope.
 #[derive(Debug)]
@@ -97,24 +108,43 @@ impl Consumer {
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 next = messages.next() => next,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let Some(message) = message else {
+            let Some(first) = first else {
                 return Err(Error::Nats("message stream ended".into()));
             };
-            let message = message.map_err(Error::nats)?;
-            let disposition = handler
-                .handle(message.subject.as_str(), &message.payload)
-                .await;
-            let ack = match disposition {
-                Disposition::Done => AckKind::Ack,
-                Disposition::Retry(delay) => AckKind::Nak(Some(delay)),
-            };
-            // A lost ack means a redelivery, which the handler absorbs.
-            if let Err(error) = message.ack_with(ack).await {
-                warn!(%error, "ack failed");
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            let mut batch = vec![first.map_err(Error::nats)?];
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Err(error))) => {
+                        warn!(%error, "message stream error");
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
+            let inputs: Vec<Message<'_>> = batch
+                .iter()
+                .map(|m| Message {
+                    subject: m.subject.as_str(),
+                    payload: &m.payload,
+                })
+                .collect();
+            let dispositions = handler.handle(&inputs).await;
+            debug_assert_eq!(dispositions.len(), batch.len());
+            for (message, disposition) in batch.iter().zip(dispositions) {
+                let ack = match disposition {
+                    Disposition::Done => AckKind::Ack,
+                    Disposition::Retry(delay) => AckKind::Nak(Some(delay)),
+                };
+                // A lost ack means a redelivery, which the handler absorbs.
+                if let Err(error) = message.ack_with(ack).await {
+                    warn!(%error, "ack failed");
+                }
             }
         }
     }

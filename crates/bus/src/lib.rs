@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use wangge_domain::{GridCode, Scope};
 
-pub use consumer::{Consumer, Disposition, Handler};
+pub use consumer::{Consumer, Disposition, Handler, Message};
 pub use relay::{Relay, RelayHandle};
 
 /// The stream holding every case event.

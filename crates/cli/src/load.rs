@@ -30,9 +30,12 @@ pub struct Args {
     /// Report only in grids under this org prefix (it must lie in the village's scope).
     #[arg(long, default_value = "350205")]
     grid_prefix: String,
+    /// Only send: do not wait for the reports to reach the street and the district (to build a backlog).
+    #[arg(long)]
+    no_wait: bool,
 }
 
-async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
+pub async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
     let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
     Ok(admin
         .get_status(pb::GetStatusRequest {})
@@ -66,11 +69,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect(&args.street)?,
         connect(&args.district)?,
     );
-    let before = [
-        status(&village).await?,
-        status(&street).await?,
-        status(&district).await?,
-    ];
+    // Cases already at the street and district, to know when the burst has arrived.
+    let before = if args.no_wait {
+        [0, 0]
+    } else {
+        [status(&street).await?.cases, status(&district).await?.cases]
+    };
 
     println!(
         "  sending {} reports from {} field apps over {} grids",
@@ -119,29 +123,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let intake = started.elapsed();
     latencies.sort();
-
-    // Every report travels village -> NATS -> street and district.
-    let mut arrived = [Duration::ZERO; 2];
-    for (slot, (channel, base)) in [(&street, &before[1]), (&district, &before[2])]
-        .into_iter()
-        .enumerate()
-    {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let now = status(channel).await?;
-            if now.cases >= base.cases + args.reports as u64 {
-                arrived[slot] = started.elapsed();
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "reports did not all arrive within 10 minutes"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let village_after = status(&village).await?;
-
     let n = args.reports as f64;
     println!(
         "  intake at the village: {:.0} reports/s ({:.2} s)",
@@ -155,6 +136,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    if args.no_wait {
+        return Ok(());
+    }
+
+    // Every report travels village -> NATS -> street and district.
+    let mut arrived = [Duration::ZERO; 2];
+    for (slot, (channel, base)) in [(&street, before[0]), (&district, before[1])]
+        .into_iter()
+        .enumerate()
+    {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let now = status(channel).await?;
+            if now.cases >= base + args.reports as u64 {
+                arrived[slot] = started.elapsed();
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "reports did not all arrive within 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let village_after = status(&village).await?;
+
     println!(
         "  all at the street after {:.2} s, at the district after {:.2} s ({:.0} reports/s end to end)",
         arrived[0].as_secs_f64(),

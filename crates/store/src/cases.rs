@@ -217,12 +217,17 @@ pub async fn claim_inbox(conn: &mut PgConnection, event_id: Uuid) -> Result<bool
 }
 
 /// Keeps a message that cannot be applied, with the reason.
-pub async fn dead_letter(pool: &PgPool, subject: &str, body: &[u8], error: &str) -> Result<()> {
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    subject: &str,
+    body: &[u8],
+    error: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO dead_letters (subject, body, error) VALUES ($1, $2, $3)")
         .bind(subject)
         .bind(body)
         .bind(error)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(())
 }

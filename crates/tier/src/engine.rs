@@ -9,13 +9,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use prost::Message;
+use prost::Message as _;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tracing::{debug, error, info, instrument, warn};
 use uuid::Uuid;
-use wangge_bus::{Disposition, Handler, RelayHandle};
-use wangge_domain::case::{self as machine, Refusal};
+use wangge_bus::{Disposition, Handler, Message, RelayHandle};
+use wangge_domain::case as machine;
 use wangge_domain::grids::GridIndex;
 use wangge_domain::{GridCode, Scope};
 use wangge_proto as pb;
@@ -286,16 +286,17 @@ impl Engine {
         Ok(after)
     }
 
-    /// Applies an event another tier authored.
-    async fn apply_replicated(&self, event: pb::CaseEvent) -> Result<Outcome, Error> {
+    /// Applies, in the caller's transaction, an event another tier authored. Writes nothing unless
+    /// the event is the next one of its case; returns the update to announce after commit.
+    async fn apply_replicated(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: pb::CaseEvent,
+    ) -> Result<Outcome, Error> {
         let event_id = Uuid::parse_str(&event.event_id)
             .map_err(|e| Error::invalid("event_id", e.to_string()))?;
         let case_id = parse_case_id(&event.case_id)?;
-        let mut tx = self.pool.begin().await?;
-        if !cases::claim_inbox(&mut tx, event_id).await? {
-            return Ok(Outcome::Duplicate);
-        }
-        let case = cases::load(&mut tx, case_id, true).await?;
+        let case = cases::load(tx, case_id, true).await?;
         let version = case.as_ref().map_or(0, |c| c.version);
         if event.seq <= version {
             // Our own event coming back, or a copy that came another way.
@@ -304,14 +305,83 @@ impl Engine {
         if event.seq > version + 1 {
             return Ok(Outcome::Gap { have: version });
         }
+        if !cases::claim_inbox(tx, event_id).await? {
+            return Ok(Outcome::Duplicate);
+        }
         let after = machine::replay(case.as_ref(), &event)?;
-        cases::append(&mut tx, &after, &event).await?;
-        tx.commit().await?;
-        let _ = self.updates.send(pb::CaseUpdate {
+        cases::append(tx, &after, &event).await?;
+        Ok(Outcome::Applied(Box::new(pb::CaseUpdate {
             case: Some(after),
             event: Some(event),
-        });
-        Ok(Outcome::Applied)
+        })))
+    }
+
+    /// Applies a batch of bus messages in one transaction (one commit, one fsync, for the lot).
+    /// A database failure rolls the whole batch back and asks for all of it again.
+    async fn apply_batch(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
+        let retry_all = |error: &dyn std::fmt::Display| {
+            warn!(%error, batch = messages.len(), "could not apply replicated events, retrying");
+            vec![Disposition::Retry(Duration::from_secs(1)); messages.len()]
+        };
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return retry_all(&e),
+        };
+        let mut dispositions = Vec::with_capacity(messages.len());
+        let mut updates = Vec::new();
+        for message in messages {
+            let disposition = match self.apply_message(&mut tx, message).await {
+                Ok((disposition, update)) => {
+                    updates.extend(update);
+                    disposition
+                }
+                Err(e) => return retry_all(&e),
+            };
+            dispositions.push(disposition);
+        }
+        if let Err(e) = tx.commit().await {
+            return retry_all(&e);
+        }
+        for update in updates {
+            let _ = self.updates.send(update);
+        }
+        dispositions
+    }
+
+    /// One message of a batch; Err only for database failures.
+    async fn apply_message(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        message: &Message<'_>,
+    ) -> Result<(Disposition, Option<pb::CaseUpdate>), wangge_store::Error> {
+        let (subject, payload) = (message.subject, message.payload);
+        let event = match pb::Envelope::decode(payload) {
+            Ok(pb::Envelope {
+                body: Some(pb::envelope::Body::CaseEvent(event)),
+                ..
+            }) => event,
+            Ok(_) => {
+                return dead_letter(tx, subject, payload, "envelope without a case event").await;
+            }
+            Err(e) => {
+                let reason = format!("undecodable envelope: {e}");
+                return dead_letter(tx, subject, payload, &reason).await;
+            }
+        };
+        let (case_id, seq) = (event.case_id.clone(), event.seq);
+        match self.apply_replicated(tx, event).await {
+            Ok(Outcome::Applied(update)) => {
+                debug!(%case_id, seq, "replicated event applied");
+                Ok((Disposition::Done, Some(*update)))
+            }
+            Ok(Outcome::Duplicate) => Ok((Disposition::Done, None)),
+            Ok(Outcome::Gap { have }) => {
+                debug!(%case_id, seq, have, "event ahead of its predecessor, retrying later");
+                Ok((Disposition::Retry(Duration::from_millis(500)), None))
+            }
+            Err(Error::Store(e)) => Err(e),
+            Err(e) => dead_letter(tx, subject, payload, &e.to_string()).await,
+        }
     }
 }
 
@@ -358,7 +428,7 @@ fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
 }
 
 enum Outcome {
-    Applied,
+    Applied(Box<pb::CaseUpdate>),
     Duplicate,
     Gap { have: u64 },
 }
@@ -368,61 +438,22 @@ enum Outcome {
 pub struct Replicator(pub Arc<Engine>);
 
 impl Handler for Replicator {
-    #[instrument(skip_all, fields(subject))]
-    async fn handle(&self, subject: &str, payload: &[u8]) -> Disposition {
-        let engine = &self.0;
-        let event = match pb::Envelope::decode(payload) {
-            Ok(pb::Envelope {
-                body: Some(pb::envelope::Body::CaseEvent(event)),
-                ..
-            }) => event,
-            Ok(_) => {
-                return dead_letter(engine, subject, payload, "envelope without a case event")
-                    .await;
-            }
-            Err(e) => {
-                return dead_letter(
-                    engine,
-                    subject,
-                    payload,
-                    &format!("undecodable envelope: {e}"),
-                )
-                .await;
-            }
-        };
-        let (case_id, seq) = (event.case_id.clone(), event.seq);
-        match engine.apply_replicated(event).await {
-            Ok(Outcome::Applied) => {
-                debug!(%case_id, seq, "replicated event applied");
-                Disposition::Done
-            }
-            Ok(Outcome::Duplicate) => Disposition::Done,
-            Ok(Outcome::Gap { have }) => {
-                debug!(%case_id, seq, have, "event ahead of its predecessor, retrying later");
-                Disposition::Retry(Duration::from_millis(500))
-            }
-            Err(Error::Refused(refusal @ Refusal::OutOfOrder { .. })) => {
-                debug!(%case_id, seq, %refusal, "event out of order, retrying later");
-                Disposition::Retry(Duration::from_millis(500))
-            }
-            Err(Error::Store(e)) => {
-                warn!(%case_id, seq, error = %e, "could not apply replicated event, retrying");
-                Disposition::Retry(Duration::from_secs(1))
-            }
-            Err(e) => dead_letter(engine, subject, payload, &e.to_string()).await,
-        }
+    #[instrument(skip_all, fields(batch = messages.len()))]
+    async fn handle(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
+        self.0.apply_batch(messages).await
     }
 }
 
-async fn dead_letter(engine: &Engine, subject: &str, payload: &[u8], reason: &str) -> Disposition {
+/// Keeps a message that cannot be applied (in the batch's transaction) and lets it go.
+async fn dead_letter(
+    tx: &mut sqlx::PgConnection,
+    subject: &str,
+    payload: &[u8],
+    reason: &str,
+) -> Result<(Disposition, Option<pb::CaseUpdate>), wangge_store::Error> {
     error!(subject, reason, "message kept as a dead letter");
-    match cases::dead_letter(&engine.pool, subject, payload, reason).await {
-        Ok(()) => Disposition::Done,
-        Err(e) => {
-            warn!(error = %e, "could not store dead letter, retrying");
-            Disposition::Retry(Duration::from_secs(1))
-        }
-    }
+    cases::dead_letter(tx, subject, payload, reason).await?;
+    Ok((Disposition::Done, None))
 }
 
 /// The time a timestamp stands for, for display.
