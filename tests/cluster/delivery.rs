@@ -343,3 +343,119 @@ async fn reports_taken_while_nats_is_down_are_forwarded_when_it_returns() {
     );
     cluster.stop().await;
 }
+
+/// A case's first two events, as the village and the street would author them.
+fn authored_pair() -> Vec<pb::CaseEvent> {
+    use wangge_domain::case::{apply, owner_for, seal};
+    let grid: wangge_domain::GridCode = GRID.parse().unwrap();
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let now = prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp(),
+        nanos: 0,
+    };
+    let mut reported = pb::CaseEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        case_id: case_id.clone(),
+        seq: 1,
+        at: Some(now),
+        tier: Tier::Village as i32,
+        org_code: owner_for(Tier::Village, &grid).org_code,
+        actor: Some(pb::Actor {
+            id: GRID_WORKER.into(),
+            role: pb::Role::GridWorker as i32,
+        }),
+        kind: Some(pb::case_event::Kind::Reported(pb::Reported {
+            client_id: client_id(),
+            number: format!("350205002006-20261126-9{}", &case_id[30..33]),
+            category_code: CATEGORY.into(),
+            description: "out of order".into(),
+            location: Some(point_in(GRID)),
+            grid_code: GRID.into(),
+            captured_at: Some(now),
+            urgency: pb::Urgency::Normal as i32,
+            self_handling: None,
+        })),
+        ..Default::default()
+    };
+    let case = apply(None, &reported).unwrap();
+    seal(&mut reported, &case);
+    let mut accepted = pb::CaseEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        case_id,
+        seq: 2,
+        at: Some(now),
+        tier: Tier::Street as i32,
+        org_code: owner_for(Tier::Street, &grid).org_code,
+        actor: Some(pb::Actor {
+            id: STREET_OPERATOR.into(),
+            role: pb::Role::StreetOperator as i32,
+        }),
+        kind: Some(pb::case_event::Kind::Accepted(pb::Accepted {})),
+        ..Default::default()
+    };
+    let after = apply(Some(&case), &accepted).unwrap();
+    seal(&mut accepted, &after);
+    vec![reported, accepted]
+}
+
+#[tokio::test]
+async fn events_arriving_before_their_predecessor_wait_for_it() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let events = authored_pair();
+    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    // The second event first: every tier must hold it back until the first has arrived.
+    for event in events.iter().rev() {
+        let envelope = pb::Envelope {
+            event_id: event.event_id.clone(),
+            trace: Default::default(),
+            body: Some(pb::envelope::Body::CaseEvent(event.clone())),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+        js.publish_with_headers(
+            "wg.case.350205.002.006.001",
+            headers,
+            envelope.encode_to_vec().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let history = clients.converged(&events[0].case_id, 2).await;
+    assert_eq!(history, events);
+    for db in [
+        &cluster.village.db,
+        &cluster.street.db,
+        &cluster.district.db,
+    ] {
+        assert_eq!(dead_letters(db).await, 0);
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_kept_as_a_dead_letter_and_does_not_block_the_stream() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    js.publish(
+        "wg.case.350205.002.006.001",
+        b"\xff\xff not a protobuf".as_slice().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
+    for db in [
+        &cluster.village.db,
+        &cluster.street.db,
+        &cluster.district.db,
+    ] {
+        assert_eq!(dead_letters(db).await, 1, "{}", db.name);
+    }
+    cluster.stop().await;
+}
