@@ -1,6 +1,6 @@
 //! Point-in-grid lookup: an R-tree over grid bounding boxes, then an exact polygon test.
 
-use geo::{BoundingRect, Contains, MultiPolygon, Point};
+use geo::{BoundingRect, Intersects, MultiPolygon, Point};
 use rstar::{AABB, RTree, RTreeObject};
 
 use crate::codes::GridCode;
@@ -70,10 +70,8 @@ impl GridIndex {
         let point = Point::new(longitude, latitude);
         self.tree
             .locate_in_envelope_intersecting(&AABB::from_point([longitude, latitude]))
-            .filter(|entry| {
-                entry.boundary.contains(&point)
-                    || geo::Intersects::intersects(&entry.boundary, &point)
-            })
+            // Intersects includes the boundary itself, so points on an edge still find a grid.
+            .filter(|entry| entry.boundary.intersects(&point))
             .map(|entry| entry.code)
             .min()
     }

@@ -2,13 +2,13 @@
 //! replicated from the other tiers, and tells watchers about every change.
 //!
 //! Write path: lock the case row, run the state machine, store event + projection + outbox row in
-//! one transaction, wake the relay. Read path (from NATS): inbox key + sequence check, the same
-//! state machine, one transaction, then the ack.
+//! one transaction, wake the relay. Read path (from NATS): a batch of messages per transaction;
+//! per message the sequence check, the inbox key and the same state machine; then the acks.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{FixedOffset, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -454,9 +454,4 @@ async fn dead_letter(
     error!(subject, reason, "message kept as a dead letter");
     cases::dead_letter(tx, subject, payload, reason).await?;
     Ok((Disposition::Done, None))
-}
-
-/// The time a timestamp stands for, for display.
-pub fn to_datetime(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
 }
