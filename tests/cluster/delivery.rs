@@ -88,7 +88,7 @@ async fn a_replayed_nats_message_has_no_second_effect() {
     let history = clients.converged(&case.id, 2).await;
 
     // Replay both events under new message ids, so JetStream's own de-duplication does not catch them.
-    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let js = cluster.nats.case_stream().await;
     for event in &history {
         let envelope = pb::Envelope {
             event_id: event.event_id.clone(),
@@ -403,7 +403,7 @@ async fn events_arriving_before_their_predecessor_wait_for_it() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let events = authored_pair();
-    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let js = cluster.nats.case_stream().await;
     // The second event first: every tier must hold it back until the first has arrived.
     for event in events.iter().rev() {
         let envelope = pb::Envelope {
@@ -439,7 +439,7 @@ async fn events_arriving_before_their_predecessor_wait_for_it() {
 async fn an_undecodable_message_is_kept_as_a_dead_letter_and_does_not_block_the_stream() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
-    let js = async_nats::jetstream::new(cluster.nats.client().await);
+    let js = cluster.nats.case_stream().await;
     js.publish(
         "wg.case.350205.002.006.001",
         b"\xff\xff not a protobuf".as_slice().into(),

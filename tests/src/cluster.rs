@@ -125,6 +125,8 @@ impl Cluster {
             TierHandle::start(Tier::Street, scopes[1], &url, sdb),
             TierHandle::start(Tier::District, scopes[2], &url, ddb),
         );
+        // Tests start acting at once: let the tiers' consumers be in place first.
+        nats.case_stream_with_consumers(3).await;
         Cluster {
             village,
             street,

@@ -84,6 +84,35 @@ impl NatsServer {
         async_nats::connect(self.url()).await.unwrap()
     }
 
+    /// A JetStream context, once the tiers have created the case stream (they do so in the
+    /// background after they start serving).
+    pub async fn case_stream(&self) -> async_nats::jetstream::Context {
+        self.case_stream_with_consumers(0).await
+    }
+
+    /// Like [`Self::case_stream`], and waits until `consumers` consumers are attached to it.
+    pub async fn case_stream_with_consumers(
+        &self,
+        consumers: usize,
+    ) -> async_nats::jetstream::Context {
+        let js = async_nats::jetstream::new(self.client().await);
+        let probe = js.clone();
+        eventually(
+            "the case stream and its consumers",
+            Duration::from_secs(10),
+            || {
+                let probe = probe.clone();
+                async move {
+                    let mut stream = probe.get_stream("WANGGE_CASES").await.ok()?;
+                    let info = stream.info().await.ok()?;
+                    (info.state.consumer_count >= consumers).then_some(())
+                }
+            },
+        )
+        .await;
+        js
+    }
+
     /// Kills the server (SIGKILL): the link is cut.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
