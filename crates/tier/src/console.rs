@@ -14,6 +14,24 @@ use crate::query::state_names;
 use crate::watch::{UpdateStream, state_matches, watch};
 use crate::{Error, Shared};
 
+/// Mounts what a command center serves (the street's or the district's): its console and its
+/// departments' service. Returns their names, for reflection.
+pub fn mount(shared: &Shared, routes: &mut tonic::service::RoutesBuilder) -> Vec<&'static str> {
+    routes
+        .add_service(
+            pb::command_console_service_server::CommandConsoleServiceServer::new(Console(
+                shared.clone(),
+            )),
+        )
+        .add_service(pb::department_service_server::DepartmentServiceServer::new(
+            Departments(shared.clone()),
+        ));
+    vec![
+        pb::command_console_service_server::SERVICE_NAME,
+        pb::department_service_server::SERVICE_NAME,
+    ]
+}
+
 /// `wangge.v1.CommandConsoleService`.
 #[derive(Debug, Clone)]
 pub struct Console(pub Shared);

@@ -1,13 +1,14 @@
-//! The district tier (区): the district command center takes escalated cases, dispatches them to district departments and closes them; it keeps every case of the district.
+//! The district tier (区): the district command center takes escalated cases, dispatches them to
+//! district departments and closes them; it keeps every case of the district.
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 use wangge_proto as pb;
 use wangge_tier::Config;
-use wangge_tier::console::{Console, Departments};
 
-/// Serves the district tier on `listener` until `shutdown` resolves.
+/// Serves the district tier on `listener` until `shutdown` resolves: the command console and the
+/// district's departments, besides what every tier serves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -18,21 +19,7 @@ pub async fn run(
         config,
         listener,
         shutdown,
-        |shared, routes| {
-            routes
-                .add_service(
-                    pb::command_console_service_server::CommandConsoleServiceServer::new(Console(
-                        shared.clone(),
-                    )),
-                )
-                .add_service(pb::department_service_server::DepartmentServiceServer::new(
-                    Departments(shared.clone()),
-                ));
-            vec![
-                pb::command_console_service_server::SERVICE_NAME,
-                pb::department_service_server::SERVICE_NAME,
-            ]
-        },
+        wangge_tier::console::mount,
     )
     .await
 }

@@ -1,13 +1,14 @@
-//! The street/town tier (街/镇): the street command center accepts (立案), dispatches to street departments, asks for on-site checks, closes, and escalates to the district.
+//! The street/town tier (街/镇): the street command center accepts (立案), dispatches to street
+//! departments, asks for on-site checks, closes, and escalates to the district.
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 use wangge_proto as pb;
 use wangge_tier::Config;
-use wangge_tier::console::{Console, Departments};
 
-/// Serves the street tier on `listener` until `shutdown` resolves.
+/// Serves the street tier on `listener` until `shutdown` resolves: the command console and the
+/// street's departments, besides what every tier serves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -18,21 +19,7 @@ pub async fn run(
         config,
         listener,
         shutdown,
-        |shared, routes| {
-            routes
-                .add_service(
-                    pb::command_console_service_server::CommandConsoleServiceServer::new(Console(
-                        shared.clone(),
-                    )),
-                )
-                .add_service(pb::department_service_server::DepartmentServiceServer::new(
-                    Departments(shared.clone()),
-                ));
-            vec![
-                pb::command_console_service_server::SERVICE_NAME,
-                pb::department_service_server::SERVICE_NAME,
-            ]
-        },
+        wangge_tier::console::mount,
     )
     .await
 }
