@@ -228,7 +228,7 @@ async fn tiers_killed_mid_stream_catch_up_and_every_accepted_report_appears_exac
         district: lazy(district.addr),
     };
 
-    const PER_WRITER: usize = 150;
+    const PER_WRITER: usize = 180;
     const WRITERS: usize = 3;
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)
@@ -294,6 +294,27 @@ async fn tiers_killed_mid_stream_catch_up_and_every_accepted_report_appears_exac
     }
     for db in [&vdb, &sdb, &ddb] {
         assert_eq!(dead_letters(db).await, 0);
+    }
+
+    // A console opened now starts with every waiting case, read page by page (over 500 here).
+    let request = pb::WatchCasesRequest {
+        states: vec![pb::CaseState::Reported as i32],
+        include_existing: true,
+    };
+    let mut watch = clients
+        .street_console()
+        .watch_cases(as_actor(STREET_OPERATOR, request))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut initial = std::collections::HashSet::new();
+    while initial.len() < total {
+        let update = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(initial.insert(update.case.unwrap().id), "each case once");
     }
     for process in [&mut village, &mut street, &mut district] {
         process.kill().await;

@@ -323,6 +323,33 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
         "the street does not serve the field app: {names:?}"
     );
 
+    // The older reflection protocol too, which grpcurl before 1.8.8 speaks.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(street.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            responses
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .message_response
+                .is_some()
+        );
+    }
+
     let response = grpc_web_get_scope(street.addr).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("application/grpc-web"), "{response}");

@@ -11,7 +11,7 @@ use wangge_store::{cases, registry};
 use crate::actor::actor;
 use crate::engine::{Action, parse_case_id};
 use crate::query::state_names;
-use crate::watch::{UpdateStream, state_matches, watch};
+use crate::watch::{UpdateStream, existing, snapshot, state_matches, watch};
 use crate::{Error, Shared};
 
 /// Mounts what a command center serves (the street's or the district's): its console and its
@@ -78,25 +78,16 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         let names = state_names(&request.states)?;
         let engine = &self.0.engine;
         let live = engine.subscribe();
-        let mut initial = Vec::new();
-        if request.include_existing {
+        let initial = if request.include_existing {
             let filter = cases::Filter {
                 states: names,
                 grid_prefix: engine.scope().prefix().to_owned(),
-                limit: 10_000,
                 ..Default::default()
             };
-            let existing = cases::list(engine.pool(), &filter)
-                .await
-                .map_err(Error::from)?;
-            initial = existing
-                .into_iter()
-                .map(|case| pb::CaseUpdate {
-                    case: Some(case),
-                    event: None,
-                })
-                .collect();
-        }
+            existing(engine.pool().clone(), filter)
+        } else {
+            snapshot(Vec::new())
+        };
         let states = request.states;
         let stream = watch(&self.0, live, initial, move |update| {
             update

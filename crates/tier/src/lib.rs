@@ -128,18 +128,26 @@ where
         ));
     let mounted = mount(&shared, &mut routes);
     // Reflection advertises what this tier serves, not every service of the API.
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name(pb::case_query_service_server::SERVICE_NAME)
-        .with_service_name(pb::registry_service_server::SERVICE_NAME)
-        .with_service_name(pb::admin_service_server::SERVICE_NAME);
-    for name in mounted {
-        reflection = reflection.with_service_name(name);
-    }
-    routes.add_service(reflection.build_v1()?);
+    let services = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        pb::case_query_service_server::SERVICE_NAME,
+        pb::registry_service_server::SERVICE_NAME,
+        pb::admin_service_server::SERVICE_NAME,
+    ];
+    let reflection = || {
+        services.iter().chain(&mounted).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    // v1alpha too: grpcurl before 1.8.8 and many other tools only speak that one.
+    routes
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
 
     let stopping = shared.stopping.clone();
     let signal = async move {

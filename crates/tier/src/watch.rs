@@ -3,14 +3,16 @@
 
 use std::pin::Pin;
 
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::Status;
 use wangge_proto as pb;
+use wangge_store::cases;
 
-use crate::Shared;
+use crate::{Error, Shared};
 
 pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::CaseUpdate, Status>> + Send>>;
 
@@ -20,7 +22,7 @@ pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::CaseUpdate, Status>
 pub fn watch(
     shared: &Shared,
     live: broadcast::Receiver<pb::CaseUpdate>,
-    initial: Vec<pb::CaseUpdate>,
+    initial: UpdateStream,
     keep: impl Fn(&pb::CaseUpdate) -> bool + Send + 'static,
 ) -> UpdateStream {
     let live = BroadcastStream::new(live).filter_map(move |update| {
@@ -34,11 +36,40 @@ pub fn watch(
         std::future::ready(item)
     });
     let stopping = shared.stopping.clone().cancelled_owned();
-    Box::pin(
-        stream::iter(initial.into_iter().map(Ok))
-            .chain(live)
-            .take_until(stopping),
-    )
+    Box::pin(initial.chain(live).take_until(stopping))
+}
+
+/// Updates with no event for given cases: the start of a watch.
+pub fn snapshot(cases: Vec<pb::Case>) -> UpdateStream {
+    Box::pin(stream::iter(cases.into_iter().map(|case| {
+        Ok(pb::CaseUpdate {
+            case: Some(case),
+            event: None,
+        })
+    })))
+}
+
+/// Every case matching `filter`, oldest first, read a page at a time as the watcher takes them.
+pub fn existing(pool: PgPool, filter: cases::Filter) -> UpdateStream {
+    const PAGE: i64 = 500;
+    let pages = stream::try_unfold(Some(filter), move |filter| {
+        let pool = pool.clone();
+        async move {
+            let Some(mut filter) = filter else {
+                return Ok::<_, Status>(None);
+            };
+            filter.limit = PAGE;
+            let page = cases::list(&pool, &filter)
+                .await
+                .map_err(|e| Status::from(Error::from(e)))?;
+            let next = (page.len() as i64 == PAGE).then(|| {
+                filter.after = page.last().and_then(|c| uuid::Uuid::parse_str(&c.id).ok());
+                filter
+            });
+            Ok(Some((page, next)))
+        }
+    });
+    Box::pin(pages.map_ok(|page| snapshot(page)).try_flatten())
 }
 
 /// True when `states` is empty or holds the case's state.

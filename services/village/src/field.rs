@@ -7,7 +7,7 @@ use wangge_store::cases;
 use wangge_tier::actor::actor;
 use wangge_tier::engine::{Action, NewReport, parse_case_id};
 use wangge_tier::query::prefix_in_scope;
-use wangge_tier::watch::{UpdateStream, watch};
+use wangge_tier::watch::{UpdateStream, snapshot, watch};
 use wangge_tier::{Error, Shared};
 
 const MAX_DESCRIPTION_CHARS: usize = 2000;
@@ -160,15 +160,7 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         actor(&request, pb::Role::GridWorker)?;
         let prefixes = self.prefixes(&request.get_ref().org_codes)?;
         let live = self.0.engine.subscribe();
-        let initial = self
-            .tasks(&prefixes)
-            .await?
-            .into_iter()
-            .map(|case| pb::CaseUpdate {
-                case: Some(case),
-                event: None,
-            })
-            .collect();
+        let initial = snapshot(self.tasks(&prefixes).await?);
         let stream = watch(&self.0, live, initial, move |update| {
             update
                 .case
