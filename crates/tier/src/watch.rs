@@ -69,7 +69,7 @@ pub fn existing(pool: PgPool, filter: cases::Filter) -> UpdateStream {
             Ok(Some((page, next)))
         }
     });
-    Box::pin(pages.map_ok(|page| snapshot(page)).try_flatten())
+    Box::pin(pages.map_ok(snapshot).try_flatten())
 }
 
 /// True when `states` is empty or holds the case's state.
