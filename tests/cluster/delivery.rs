@@ -480,3 +480,101 @@ async fn an_undecodable_message_is_kept_as_a_dead_letter_and_does_not_block_the_
     }
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn pruned_inbox_entries_leave_late_copies_without_effect() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    // A second street instance that forgets applied event ids at once.
+    let db = TestDb::seeded("street_pruning").await;
+    let forgetful = wangge_tests::cluster::TierHandle::start_with(
+        Tier::Street,
+        STREET_SCOPE,
+        &cluster.nats.url(),
+        db,
+        |config| {
+            config.consumer_name = Some("street-forgetful".into());
+            config.inbox_retention_hours = 0;
+            config.inbox_prune_every_secs = 1;
+        },
+    )
+    .await;
+    let mut forgetful_cases =
+        pb::case_query_service_client::CaseQueryServiceClient::new(forgetful.channel().await);
+
+    let case = report_case(&clients, GRID).await;
+    let history = clients.converged(&case.id, 1).await;
+    let pool = forgetful.db.pool().await;
+    eventually(
+        "the inbox entry to be pruned",
+        Duration::from_secs(15),
+        || async {
+            let at: Option<i64> = forgetful_cases
+                .clone()
+                .get_case(pb::GetCaseRequest {
+                    case_id: case.id.clone(),
+                })
+                .await
+                .ok()
+                .map(|c| c.into_inner().version as i64);
+            let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (at == Some(1) && inbox == 0).then_some(())
+        },
+    )
+    .await;
+
+    // A copy of the event arrives late, under a new message id: the case sequence refuses it.
+    let js = cluster.nats.case_stream().await;
+    let envelope = pb::Envelope {
+        event_id: history[0].event_id.clone(),
+        trace: Default::default(),
+        body: Some(pb::envelope::Body::CaseEvent(history[0].clone())),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        uuid::Uuid::new_v4().to_string().as_str(),
+    );
+    js.publish_with_headers(
+        "wg.case.350205.002.006.001",
+        headers,
+        envelope.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let marker = report_case(&clients, GRID).await;
+    eventually(
+        "the marker at the forgetful street",
+        Duration::from_secs(15),
+        || async {
+            forgetful_cases
+                .clone()
+                .get_case(pb::GetCaseRequest {
+                    case_id: marker.id.clone(),
+                })
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let events = forgetful_cases
+        .list_case_events(pb::ListCaseEventsRequest {
+            case_id: case.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events, history);
+    assert_eq!(dead_letters(&forgetful.db).await, 0);
+    pool.close().await;
+    let mut forgetful = forgetful;
+    forgetful.stop().await.unwrap();
+    cluster.stop().await;
+}

@@ -31,6 +31,17 @@ pub struct TierHandle {
 
 impl TierHandle {
     pub async fn start(tier: Tier, scope: &str, nats_url: &str, db: TestDb) -> TierHandle {
+        TierHandle::start_with(tier, scope, nats_url, db, |_| {}).await
+    }
+
+    /// Like [`Self::start`], with the configuration adjusted by `tweak`.
+    pub async fn start_with(
+        tier: Tier,
+        scope: &str,
+        nats_url: &str,
+        db: TestDb,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TierHandle {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config::defaults(tier);
@@ -39,6 +50,7 @@ impl TierHandle {
         config.database_url = db.url.clone().into();
         config.database_max_connections = 8;
         config.nats_url = nats_url.to_owned();
+        tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;

@@ -216,6 +216,16 @@ pub async fn claim_inbox(conn: &mut PgConnection, event_id: Uuid) -> Result<bool
     Ok(done.rows_affected() == 1)
 }
 
+/// Removes inbox entries applied more than `older_than` ago; returns how many.
+pub async fn prune_inbox(pool: &PgPool, older_than: std::time::Duration) -> Result<u64> {
+    let done =
+        sqlx::query("DELETE FROM inbox WHERE applied_at < now() - make_interval(secs => $1)")
+            .bind(older_than.as_secs_f64())
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
+
 /// Keeps a message that cannot be applied, with the reason.
 pub async fn dead_letter(
     conn: &mut PgConnection,

@@ -26,6 +26,11 @@ pub struct Config {
     pub nats_url: String,
     /// Consumer names are `<tier>-<scope>` unless set: instances sharing one share the work.
     pub consumer_name: Option<String>,
+    /// How long an applied event's id stays in the inbox. The per-case sequence already refuses
+    /// old copies; the inbox guards the window in which a copy can still arrive.
+    pub inbox_retention_hours: u64,
+    /// How often old inbox entries are removed.
+    pub inbox_prune_every_secs: u64,
     pub log: LogConfig,
 }
 
@@ -79,6 +84,8 @@ impl Config {
             database_max_connections: 16,
             nats_url: "nats://127.0.0.1:4222".into(),
             consumer_name: None,
+            inbox_retention_hours: 24 * 7,
+            inbox_prune_every_secs: 600,
             log: LogConfig {
                 format: "text".into(),
                 filter: "info".into(),

@@ -107,6 +107,12 @@ where
         wangge_bus::scope_filter(&scope),
     );
     tasks.spawn(consume(js, consumer, engine.clone(), background.clone()));
+    tasks.spawn(prune_inbox(
+        pool.clone(),
+        Duration::from_secs(config.inbox_retention_hours * 3600),
+        Duration::from_secs(config.inbox_prune_every_secs.max(1)),
+        background.clone(),
+    ));
 
     let shared = Shared {
         engine,
@@ -204,6 +210,26 @@ async fn consume(
         }
     }
     consumer.run(engine::Replicator(engine), stop).await;
+}
+
+/// Removes old inbox entries now and then, so the table stays the size of the retention window.
+async fn prune_inbox(
+    pool: sqlx::PgPool,
+    retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match wangge_store::cases::prune_inbox(&pool, retention).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "old inbox entries removed"),
+            Err(error) => warn!(%error, "inbox pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// The grids of the scope, from the registry.
