@@ -363,6 +363,8 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
 #[tokio::test]
 async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     let output = tokio::process::Command::new(binary(Tier::Village))
+        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
+        .env_clear()
         .args(["--dump-config", "--scope", "350205002006"])
         .env(
             "WANGGE_DATABASE_URL",
@@ -384,6 +386,8 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     assert!(text.contains("format = \"json\""), "{text}");
 
     let output = tokio::process::Command::new(binary(Tier::Village))
+        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
+        .env_clear()
         .args(["--dump-config", "--scope", "35020"])
         .output()
         .await
@@ -391,8 +395,40 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("scope"));
 
+    // A file under the environment and the flags.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("street.toml");
+    std::fs::write(
+        &file,
+        "scope = \"350205002\"\nnats_url = \"nats://hub.example:4222\"\n[log]\nfilter = \"debug\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(binary(Tier::Street))
+        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
+        .env_clear()
+        .arg("--dump-config")
+        .arg("--config")
+        .arg(&file)
+        .env("WANGGE_LOG__FILTER", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("scope = \"350205002\""), "{text}");
+    assert!(
+        text.contains("nats_url = \"nats://hub.example:4222\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("filter = \"warn\""),
+        "the environment wins over the file: {text}"
+    );
+
     // A scope from the environment alone, which looks like a number to the env parser.
     let output = tokio::process::Command::new(binary(Tier::Village))
+        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
+        .env_clear()
         .arg("--dump-config")
         .env("WANGGE_SCOPE", "350205")
         .output()
