@@ -360,21 +360,38 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
     assert!(exit.success(), "graceful exit after SIGTERM: {exit:?}");
 }
 
-#[tokio::test]
-async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
-    let output = tokio::process::Command::new(binary(Tier::Village))
-        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
+/// Runs a tier binary with `--dump-config`, the given flags and only the given environment (a
+/// developer's own `WANGGE_*` must not leak in).
+async fn dump_config(
+    tier: Tier,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    tokio::process::Command::new(binary(tier))
         .env_clear()
-        .args(["--dump-config", "--scope", "350205002006"])
-        .env(
-            "WANGGE_DATABASE_URL",
-            "postgres://wangge:s3cret@db.example:5432/village",
-        )
-        .env("WANGGE_SCOPE", "350205")
-        .env("WANGGE_LOG__FORMAT", "json")
+        .arg("--dump-config")
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
+    let output = dump_config(
+        Tier::Village,
+        &["--scope".as_ref(), "350205002006".as_ref()],
+        &[
+            (
+                "WANGGE_DATABASE_URL",
+                "postgres://wangge:s3cret@db.example:5432/village",
+            ),
+            ("WANGGE_SCOPE", "350205"),
+            ("WANGGE_LOG__FORMAT", "json"),
+        ],
+    )
+    .await;
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("scope = \"350205002006\""), "{text}");
@@ -385,13 +402,7 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     assert!(!text.contains("s3cret"), "{text}");
     assert!(text.contains("format = \"json\""), "{text}");
 
-    let output = tokio::process::Command::new(binary(Tier::Village))
-        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
-        .env_clear()
-        .args(["--dump-config", "--scope", "35020"])
-        .output()
-        .await
-        .unwrap();
+    let output = dump_config(Tier::Village, &["--scope".as_ref(), "35020".as_ref()], &[]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("scope"));
 
@@ -403,16 +414,12 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
         "scope = \"350205002\"\nnats_url = \"nats://hub.example:4222\"\n[log]\nfilter = \"debug\"\n",
     )
     .unwrap();
-    let output = tokio::process::Command::new(binary(Tier::Street))
-        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
-        .env_clear()
-        .arg("--dump-config")
-        .arg("--config")
-        .arg(&file)
-        .env("WANGGE_LOG__FILTER", "warn")
-        .output()
-        .await
-        .unwrap();
+    let output = dump_config(
+        Tier::Street,
+        &["--config".as_ref(), file.as_os_str()],
+        &[("WANGGE_LOG__FILTER", "warn")],
+    )
+    .await;
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("scope = \"350205002\""), "{text}");
@@ -426,14 +433,7 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
     );
 
     // A scope from the environment alone, which looks like a number to the env parser.
-    let output = tokio::process::Command::new(binary(Tier::Village))
-        // Only what the test sets: a developer\'s own WANGGE_* must not leak in.
-        .env_clear()
-        .arg("--dump-config")
-        .env("WANGGE_SCOPE", "350205")
-        .output()
-        .await
-        .unwrap();
+    let output = dump_config(Tier::Village, &[], &[("WANGGE_SCOPE", "350205")]).await;
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("scope = \"350205\""));
 }
