@@ -53,15 +53,18 @@ impl Console {
         let actor = actor(&request, role)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
-        let engine = &self.0.engine;
-        let case = engine.case(id).await?;
+        let note = request.note.clone();
         let action = Action {
             actor,
-            kind: kind(&case, &request.note),
             note: request.note,
             attachments: request.attachments,
         };
-        Ok(Response::new(engine.act(id, action).await?))
+        let case = self
+            .0
+            .engine
+            .act(id, action, |case| Ok(kind(case, &note)))
+            .await?;
+        Ok(Response::new(case))
     }
 }
 
@@ -128,7 +131,6 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
         let engine = &self.0.engine;
-        let case = engine.case(id).await?;
         let code = request.department_code.trim();
         if code.is_empty() {
             return Err(Error::invalid("department_code", "required").into());
@@ -139,30 +141,35 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
             .ok_or_else(|| {
                 Error::invalid("department_code", format!("unknown department {code:?}"))
             })?;
-        // A center dispatches to the departments of its own org: the street to the street's, the
-        // district to the district's.
-        let grid: GridCode = case
-            .grid_code
-            .parse()
-            .map_err(|e| Error::invalid("grid_code", format!("{e}")))?;
-        let org = owner_for(engine.tier(), &grid).org_code;
-        if department.org_code != org {
-            return Err(Error::FailedPrecondition(format!(
-                "department {code} belongs to {}, not to the {} center {org}",
-                department.org_code,
-                tier_name(engine.tier())
-            ))
-            .into());
-        }
+        let tier = engine.tier();
         let action = Action {
             actor,
             note: request.note,
             attachments: Vec::new(),
-            kind: Kind::Dispatched(pb::Dispatched {
-                department_code: department.code,
-            }),
         };
-        Ok(Response::new(engine.act(id, action).await?))
+        let case = engine
+            .act(id, action, |case| {
+                // A center dispatches to the departments of its own org: the street to the
+                // street's, the district to the district's.
+                let grid: GridCode = case
+                    .grid_code
+                    .parse()
+                    .map_err(|e| Error::invalid("grid_code", format!("{e}")))?;
+                let org = owner_for(tier, &grid).org_code;
+                if department.org_code != org {
+                    return Err(Error::FailedPrecondition(format!(
+                        "department {} belongs to {}, not to the {} center {org}",
+                        department.code,
+                        department.org_code,
+                        tier_name(tier)
+                    )));
+                }
+                Ok(Kind::Dispatched(pb::Dispatched {
+                    department_code: department.code,
+                }))
+            })
+            .await?;
+        Ok(Response::new(case))
     }
 
     async fn request_check(
@@ -241,13 +248,15 @@ impl Departments {
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
         let department = self.department(&request.department_code).await?;
+        let kind = kind(department.code, request.note.clone());
         let action = Action {
             actor,
-            kind: kind(department.code, request.note.clone()),
             note: request.note,
             attachments: request.attachments,
         };
-        Ok(Response::new(self.0.engine.act(id, action).await?))
+        Ok(Response::new(
+            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+        ))
     }
 }
 

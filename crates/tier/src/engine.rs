@@ -49,13 +49,12 @@ pub struct NewReport {
     pub self_handling: Option<pb::SelfHandling>,
 }
 
-/// One action on a case by this tier.
+/// Who acts on a case, with what remark and attachments; the step itself is given to [`Engine::act`].
 #[derive(Debug, Clone)]
 pub struct Action {
     pub actor: pb::Actor,
     pub note: String,
     pub attachments: Vec<pb::Attachment>,
-    pub kind: Kind,
 }
 
 fn now() -> prost_types::Timestamp {
@@ -213,8 +212,16 @@ impl Engine {
     }
 
     /// Appends one event by this tier to a case it holds.
-    #[instrument(skip_all, fields(case_id = %case_id, kind = machine::kind_name(&action.kind)))]
-    pub async fn act(&self, case_id: Uuid, action: Action) -> Result<pb::Case, Error> {
+    #[instrument(skip_all, fields(case_id = %case_id))]
+    ///
+    /// `step` builds the event kind from the case as locked, so a step that depends on the case
+    /// (its community, its department) reads it once, under the lock.
+    pub async fn act(
+        &self,
+        case_id: Uuid,
+        action: Action,
+        step: impl FnOnce(&pb::Case) -> Result<Kind, Error>,
+    ) -> Result<pb::Case, Error> {
         if action.note.chars().count() > MAX_NOTE_CHARS {
             return Err(Error::invalid(
                 "note",
@@ -228,6 +235,8 @@ impl Engine {
             .filter(|c| c.grid_code.starts_with(self.scope.prefix()))
             .ok_or_else(|| Error::NotFound(format!("case {case_id}")))?;
         let grid = stored_grid(&case)?;
+        let kind = step(&case)?;
+        let kind_name = machine::kind_name(&kind);
         let event = pb::CaseEvent {
             event_id: Uuid::now_v7().to_string(),
             case_id: case.id.clone(),
@@ -240,10 +249,11 @@ impl Engine {
             attachments: action.attachments,
             state_after: 0,
             owner_after: None,
-            kind: Some(action.kind),
+            kind: Some(kind),
         };
         let case = self.commit(tx, Some(&case), event).await?;
         info!(
+            kind = kind_name,
             state = machine::state_name(case.state()),
             version = case.version,
             "case updated"

@@ -177,15 +177,17 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         let actor = actor(&request, pb::Role::GridWorker)?;
         let request = request.into_inner();
         let id = parse_case_id(&request.case_id)?;
+        let kind = Kind::Checked(pb::Checked {
+            passed: request.passed,
+        });
         let action = Action {
             actor,
             note: request.note,
             attachments: request.attachments,
-            kind: Kind::Checked(pb::Checked {
-                passed: request.passed,
-            }),
         };
-        Ok(Response::new(self.0.engine.act(id, action).await?))
+        Ok(Response::new(
+            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+        ))
     }
 }
 
@@ -213,9 +215,10 @@ impl Community {
             actor,
             note: request.note,
             attachments: Vec::new(),
-            kind,
         };
-        Ok(Response::new(self.0.engine.act(id, action).await?))
+        Ok(Response::new(
+            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+        ))
     }
 }
 
