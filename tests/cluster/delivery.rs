@@ -73,6 +73,7 @@ async fn a_replayed_nats_message_has_no_second_effect() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
     let case = clients
         .street_console()
         .accept_case(as_actor(
@@ -363,60 +364,6 @@ async fn reports_taken_while_nats_is_down_are_forwarded_when_it_returns() {
         "the outbox drained: {status:?}"
     );
     cluster.stop().await;
-}
-
-/// A case's first two events, as the village and the street would author them.
-fn authored_pair() -> Vec<pb::CaseEvent> {
-    use wangge_domain::case::{apply, owner_for, seal};
-    let grid: wangge_domain::GridCode = GRID.parse().unwrap();
-    let case_id = uuid::Uuid::now_v7().to_string();
-    let now = prost_types::Timestamp {
-        seconds: chrono::Utc::now().timestamp(),
-        nanos: 0,
-    };
-    let mut reported = pb::CaseEvent {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        case_id: case_id.clone(),
-        seq: 1,
-        at: Some(now),
-        tier: Tier::Village as i32,
-        org_code: owner_for(Tier::Village, &grid).org_code,
-        actor: Some(pb::Actor {
-            id: GRID_WORKER.into(),
-            role: pb::Role::GridWorker as i32,
-        }),
-        kind: Some(pb::case_event::Kind::Reported(pb::Reported {
-            client_id: client_id(),
-            number: format!("350205002006-20261126-9{}", &case_id[30..33]),
-            category_code: CATEGORY.into(),
-            description: "out of order".into(),
-            location: Some(point_in(GRID)),
-            grid_code: GRID.into(),
-            captured_at: Some(now),
-            urgency: pb::Urgency::Normal as i32,
-            self_handling: None,
-        })),
-        ..Default::default()
-    };
-    let case = apply(None, &reported).unwrap();
-    seal(&mut reported, &case);
-    let mut accepted = pb::CaseEvent {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        case_id,
-        seq: 2,
-        at: Some(now),
-        tier: Tier::Street as i32,
-        org_code: owner_for(Tier::Street, &grid).org_code,
-        actor: Some(pb::Actor {
-            id: STREET_OPERATOR.into(),
-            role: pb::Role::StreetOperator as i32,
-        }),
-        kind: Some(pb::case_event::Kind::Accepted(pb::Accepted {})),
-        ..Default::default()
-    };
-    let after = apply(Some(&case), &accepted).unwrap();
-    seal(&mut accepted, &after);
-    vec![reported, accepted]
 }
 
 #[tokio::test]

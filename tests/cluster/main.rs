@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bus;
 mod case_loop;
 mod delivery;
 mod edges;

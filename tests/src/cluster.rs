@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
@@ -25,8 +26,18 @@ pub struct TierHandle {
     pub tier: Tier,
     pub addr: SocketAddr,
     pub db: TestDb,
+    config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Delivery timings short enough for tests: confirmations checked after 2 s, reconciliation every
+/// 5 s, the park swept every second.
+pub fn quick_delivery(config: &mut Config) {
+    config.delivery.confirm_within_secs = 2;
+    config.delivery.reconcile_every_secs = 5;
+    config.delivery.sweep_every_secs = 1;
+    config.delivery.sync_timeout_ms = 1000;
 }
 
 impl TierHandle {
@@ -42,7 +53,7 @@ impl TierHandle {
         db: TestDb,
         tweak: impl FnOnce(&mut Config),
     ) -> TierHandle {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config::defaults(tier);
         config.scope = scope.to_owned();
@@ -50,12 +61,20 @@ impl TierHandle {
         config.database_url = db.url.clone().into();
         config.database_max_connections = 8;
         config.nats_url = nats_url.to_owned();
+        quick_delivery(&mut config);
         tweak(&mut config);
+        TierHandle::launch(tier, listener, config, db).await
+    }
+
+    async fn launch(tier: Tier, listener: TcpListener, config: Config, db: TestDb) -> TierHandle {
+        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
+        let run_config = config.clone();
         let task = tokio::spawn(async move {
+            let config = run_config;
             match tier {
                 Tier::Village => wangge_village::run(config, listener, shutdown).await,
                 Tier::Street => wangge_street::run(config, listener, shutdown).await,
@@ -66,11 +85,28 @@ impl TierHandle {
             tier,
             addr,
             db,
+            config,
             stop: Some(stop),
             task: Some(task),
         };
         handle.wait_serving().await;
         handle
+    }
+
+    /// Stops the tier gracefully and starts it again on the same port, database and configuration.
+    pub async fn restart(&mut self) {
+        self.stop().await.unwrap();
+        self.resume().await;
+    }
+
+    /// Starts a stopped tier again on the same port, database and configuration.
+    pub async fn resume(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let db = TestDb {
+            name: std::mem::take(&mut self.db.name),
+            url: self.db.url.clone(),
+        };
+        *self = TierHandle::launch(self.tier, listener, self.config.clone(), db).await;
     }
 
     pub async fn channel(&self) -> Channel {

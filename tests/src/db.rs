@@ -59,6 +59,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // A handle whose database was handed on (a restarted tier) has no name left.
+        if self.name.is_empty() {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use wangge_proto as pb;
+use wangge_proto::Tier;
 
 use crate::cluster::{TierClients, as_actor};
 use crate::seeds_dir;
@@ -88,6 +89,90 @@ pub async fn report_case(clients: &TierClients, grid: &str) -> pb::Case {
     clients
         .field()
         .report_case(as_actor(GRID_WORKER, report(&client_id(), grid)))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A case's first two events, as the village and the street would author them.
+pub fn authored_pair() -> Vec<pb::CaseEvent> {
+    use wangge_domain::case::{apply, owner_for, seal};
+    let grid: wangge_domain::GridCode = GRID.parse().unwrap();
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let now = prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp(),
+        nanos: 0,
+    };
+    let mut reported = pb::CaseEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        case_id: case_id.clone(),
+        seq: 1,
+        at: Some(now),
+        tier: Tier::Village as i32,
+        org_code: owner_for(Tier::Village, &grid).org_code,
+        actor: Some(pb::Actor {
+            id: GRID_WORKER.into(),
+            role: pb::Role::GridWorker as i32,
+        }),
+        kind: Some(pb::case_event::Kind::Reported(pb::Reported {
+            client_id: client_id(),
+            number: format!("350205002006-20261126-9{}", &case_id[30..33]),
+            category_code: CATEGORY.into(),
+            description: "out of order".into(),
+            location: Some(point_in(GRID)),
+            grid_code: GRID.into(),
+            captured_at: Some(now),
+            urgency: pb::Urgency::Normal as i32,
+            self_handling: None,
+        })),
+        ..Default::default()
+    };
+    let case = apply(None, &reported).unwrap();
+    seal(&mut reported, &case);
+    let mut accepted = pb::CaseEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        case_id,
+        seq: 2,
+        at: Some(now),
+        tier: Tier::Street as i32,
+        org_code: owner_for(Tier::Street, &grid).org_code,
+        actor: Some(pb::Actor {
+            id: STREET_OPERATOR.into(),
+            role: pb::Role::StreetOperator as i32,
+        }),
+        kind: Some(pb::case_event::Kind::Accepted(pb::Accepted {})),
+        ..Default::default()
+    };
+    let after = apply(Some(&case), &accepted).unwrap();
+    seal(&mut accepted, &after);
+    vec![reported, accepted]
+}
+
+/// Publishes `event` on the case stream as a tier's relay would (message id = event id).
+pub async fn publish_event(js: &async_nats::jetstream::Context, grid: &str, event: &pb::CaseEvent) {
+    let envelope = pb::Envelope {
+        event_id: event.event_id.clone(),
+        trace: Default::default(),
+        body: Some(pb::envelope::Body::CaseEvent(event.clone())),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+    let grid: wangge_domain::GridCode = grid.parse().unwrap();
+    js.publish_with_headers(
+        format!("wg.case.{}", grid.subject_path()),
+        headers,
+        prost::Message::encode_to_vec(&envelope).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// The replication status of a tier.
+pub async fn tier_status(channel: &tonic::transport::Channel) -> pb::TierStatus {
+    pb::admin_service_client::AdminServiceClient::new(channel.clone())
+        .get_status(pb::GetStatusRequest {})
         .await
         .unwrap()
         .into_inner()

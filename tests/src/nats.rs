@@ -125,6 +125,14 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// Kills the server (SIGKILL) and starts it again on the same port with an empty store: the
+    /// broker lost its disk.
+    pub async fn restart_empty(&mut self) {
+        self.kill().await;
+        self.store = tempfile::tempdir().unwrap();
+        self.spawn().await;
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill().await;

@@ -1,5 +1,8 @@
 //! The inbox side: a durable JetStream pull consumer per tier scope, acknowledging a message only
 //! after the handler committed its effect.
+//!
+//! The stream and the consumer are created again whenever they are found missing (a broker that
+//! lost its store comes back empty), so replication resumes without a restart.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,14 +12,14 @@ use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{CASE_STREAM, Error};
+use crate::{CASE_STREAM, Error, ensure_stream};
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// Applied, found to be a duplicate, or kept as a dead letter: acknowledge it.
+    /// Applied, found to be a duplicate, parked, or kept as a dead letter: acknowledge it.
     Done,
-    /// Not now (an earlier event is missing, the database is away): deliver it again later.
+    /// Not now (the database is away): deliver it again after the delay.
     Retry(Duration),
 }
 
@@ -25,6 +28,8 @@ pub enum Disposition {
 pub struct Message<'a> {
     pub subject: &'a str,
     pub payload: &'a [u8],
+    /// How often JetStream has delivered it, this time included.
+    pub delivered: i64,
 }
 
 /// Applies messages, a batch at a time, returning one disposition per message in order. Must be
@@ -57,8 +62,9 @@ impl Consumer {
         }
     }
 
+    /// The consumer, with the stream and the consumer created if they are missing.
     async fn open(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, Error> {
-        let stream = self.js.get_stream(CASE_STREAM).await.map_err(Error::nats)?;
+        let stream = ensure_stream(&self.js).await?;
         stream
             .get_or_create_consumer(
                 &self.durable,
@@ -66,8 +72,8 @@ impl Consumer {
                     durable_name: Some(self.durable.clone()),
                     filter_subject: self.filter.clone(),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
-                    max_ack_pending: 1024,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 4096,
                     ..Default::default()
                 },
             )
@@ -75,19 +81,15 @@ impl Consumer {
             .map_err(Error::nats)
     }
 
-    /// Creates the consumer unless it exists.
-    pub async fn ensure(&self) -> Result<(), Error> {
-        self.open().await.map(|_| ())
-    }
-
-    /// Consumes until `shutdown`; a message being handled is finished and acknowledged first.
+    /// Consumes until `shutdown`; a batch being handled is finished and acknowledged first.
+    /// Interruptions (NATS away, stream or consumer gone) are waited out and repaired.
     pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self.consume(&handler, &shutdown).await {
                 Ok(()) => break,
                 Err(error) => {
-                    warn!(%error, durable = %self.durable, "consumer interrupted");
+                    warn!(%error, durable = %self.durable, retry_in_ms = backoff.as_millis() as u64, "consumer interrupted");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,
@@ -132,6 +134,7 @@ impl Consumer {
                 .map(|m| Message {
                     subject: m.subject.as_str(),
                     payload: &m.payload,
+                    delivered: m.info().map_or(1, |info| info.delivered),
                 })
                 .collect();
             let dispositions = handler.handle(&inputs).await;
@@ -148,4 +151,34 @@ impl Consumer {
             }
         }
     }
+}
+
+/// How far behind a tier's consumer is, as JetStream sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumerLag {
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+}
+
+/// Asks JetStream about the durable consumer `durable` (within `timeout`).
+pub async fn consumer_lag(
+    js: &jetstream::Context,
+    durable: &str,
+    timeout: Duration,
+) -> Result<ConsumerLag, Error> {
+    let ask = async {
+        let stream = js.get_stream(CASE_STREAM).await.map_err(Error::nats)?;
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(durable).await.map_err(Error::nats)?;
+        let info = consumer.info().await.map_err(Error::nats)?;
+        Ok(ConsumerLag {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+        })
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| Error::Nats("jetstream did not answer in time".into()))?
 }

@@ -1,19 +1,28 @@
-//! The NATS side of wangge: subjects, the JetStream stream, the outbox relay and the inbox consumer.
+//! The NATS side of wangge: subjects, the JetStream stream, the outbox relay, the inbox consumer,
+//! receipts and the request/reply of reconciliation.
 //!
 //! Subjects carry the org path, so a scope is a subject wildcard NATS permissions can enforce:
-//! `wg.case.350205.002.006.001` is a case event in grid 350205002006001, and a street scope
-//! subscribes to `wg.case.350205.002.>`.
+//! - `wg.case.350205.002.006.001`: a case event in grid 350205002006001 (JetStream, stream
+//!   `WANGGE_CASES`); a street scope consumes `wg.case.350205.002.>`.
+//! - `wg.receipt.<author tier>.350205.002.006.<receiving tier>`: a peer tier confirms it holds
+//!   events of community 350205002006 that `author tier` wrote (core NATS).
+//! - `wg.sync.<tier>.350205.002.006.<op>`: reconciliation requests to the tier covering community
+//!   350205002006 (core NATS request/reply).
 
 mod consumer;
+pub mod receipts;
 mod relay;
+pub mod sync;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use wangge_domain::{GridCode, Scope};
+use wangge_domain::case::tier_name;
+use wangge_domain::{GridCode, OrgCode, Scope};
+use wangge_proto::Tier;
 
-pub use consumer::{Consumer, Disposition, Handler, Message};
-pub use relay::{Relay, RelayHandle};
+pub use consumer::{Consumer, ConsumerLag, Disposition, Handler, Message, consumer_lag};
+pub use relay::{Relay, RelayHandle, RelaySettings};
 
 /// The stream holding every case event.
 pub const CASE_STREAM: &str = "WANGGE_CASES";
@@ -44,19 +53,54 @@ pub fn scope_filter(scope: &Scope) -> String {
     format!("wg.case.{}.>", scope.subject_path())
 }
 
-/// Creates the case stream unless it exists: every tier runs this at start, in any order.
-pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), Error> {
+/// The grid a case subject names (`wg.case.350205.002.006.001` → 350205002006001).
+pub fn grid_of_subject(subject: &str) -> Option<GridCode> {
+    let path = subject.strip_prefix("wg.case.")?;
+    let digits: String = path.split('.').collect();
+    digits.parse().ok()
+}
+
+/// `350205.002.006` for community 350205002006.
+fn community_path(community: &OrgCode) -> String {
+    let s = community.as_str();
+    format!("{}.{}.{}", &s[..6], &s[6..9], &s[9..12])
+}
+
+/// The subject on which `receiver` confirms events of `community` that `author` wrote.
+pub fn receipt_subject(author: Tier, community: &OrgCode, receiver: Tier) -> String {
+    format!(
+        "wg.receipt.{}.{}.{}",
+        tier_name(author),
+        community_path(community),
+        tier_name(receiver)
+    )
+}
+
+/// The wildcard of every receipt for events `author` wrote in `scope`.
+pub fn receipt_filter(author: Tier, scope: &Scope) -> String {
+    format!(
+        "wg.receipt.{}.{}.>",
+        tier_name(author),
+        scope.subject_path()
+    )
+}
+
+/// Creates the case stream unless it exists: every tier runs this at start and whenever it finds
+/// the stream gone (a broker that lost its store), in any order.
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, Error> {
     js.get_or_create_stream(stream::Config {
         name: CASE_STREAM.to_owned(),
         subjects: vec![CASE_SUBJECTS.to_owned()],
         storage: stream::StorageType::File,
         // Relays retry with the same message id; inside this window JetStream drops the copy.
         duplicate_window: Duration::from_secs(120),
+        // The stream is transport, not record: outboxes keep every event until the peers confirm
+        // it, so a week covers any outage an operator would not see in `wangge status` first.
+        max_age: Duration::from_secs(7 * 24 * 3600),
         ..Default::default()
     })
     .await
-    .map_err(Error::nats)?;
-    Ok(())
+    .map_err(Error::nats)
 }
 
 #[cfg(test)]
@@ -67,12 +111,27 @@ mod tests {
     fn a_grid_subject_matches_the_filters_of_its_scopes() {
         let grid: GridCode = "350205002006001".parse().unwrap();
         assert_eq!(case_subject(&grid), "wg.case.350205.002.006.001");
+        assert_eq!(grid_of_subject(&case_subject(&grid)), Some(grid));
+        assert_eq!(grid_of_subject("wg.case.350205.002.006"), None);
+        assert_eq!(grid_of_subject("wg.receipt.x"), None);
         for (scope, filter) in [
             ("350205", "wg.case.350205.>"),
             ("350205002", "wg.case.350205.002.>"),
             ("350205002006", "wg.case.350205.002.006.>"),
         ] {
             assert_eq!(scope_filter(&scope.parse().unwrap()), filter);
+        }
+    }
+
+    #[test]
+    fn receipts_reach_the_author_whatever_its_scope() {
+        let grid: GridCode = "350205002006001".parse().unwrap();
+        let subject = receipt_subject(Tier::Village, &grid.community(), Tier::District);
+        assert_eq!(subject, "wg.receipt.village.350205.002.006.district");
+        for scope in ["350205", "350205002", "350205002006"] {
+            let filter = receipt_filter(Tier::Village, &scope.parse().unwrap());
+            let prefix = filter.trim_end_matches('>');
+            assert!(subject.starts_with(prefix), "{subject} under {filter}");
         }
     }
 }

@@ -1,21 +1,33 @@
-//! The outbox relay: publishes committed events to JetStream and removes them once acknowledged.
+//! The outbox relay: publishes committed events to JetStream and watches over them until every peer
+//! tier confirmed it holds them.
 //!
-//! PostgreSQL is the system of record. A row leaves the outbox only after JetStream acknowledged
-//! it; a failed publish leaves the row for the next round, re-sent with the same message id.
+//! PostgreSQL is the system of record; JetStream is transport, and its acknowledgement ends no
+//! responsibility. Each round:
+//! - **publish**: the oldest unpublished rows, sent together, acknowledgements awaited together.
+//!   A row whose send failed while others got through is at fault itself: it is retried later
+//!   (everything behind it flows on) and set aside as an outgoing dead letter after
+//!   `max_failures`; one that can never travel (larger than the broker's payload limit) at once.
+//!   When nothing got through, NATS is away: nothing is counted and the relay backs off.
+//! - **check** (every `check_every`): published rows still unconfirmed after `confirm_within` are
+//!   looked up in the stream. Still there: the peer is behind or down, look again later (backing
+//!   off). Gone (the stream was made anew after a broker lost its store, or messages were removed):
+//!   sent again, under a new message id so JetStream's duplicate window cannot swallow it.
+//!   A peer that holds the event but whose receipt was lost is found by reconciliation.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
-use futures::future::try_join_all;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use futures::future::join_all;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
-use wangge_store::outbox;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+use wangge_store::outbox::{self, Pending, Stored};
 
-use crate::Error;
+use crate::{CASE_STREAM, Error, ensure_stream};
 
 /// Wakes the relay when a transaction has queued something.
 #[derive(Debug, Clone, Default)]
@@ -29,39 +41,74 @@ impl RelayHandle {
     }
 }
 
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most rows sent in one round.
+    pub batch: i64,
+    /// Polling is the safety net behind the in-process wake-up (another instance may have written).
+    pub poll: Duration,
+    /// How long a peer has to confirm before the relay looks for the event in the stream.
+    pub confirm_within: Duration,
+    /// How often unconfirmed rows are checked.
+    pub check_every: Duration,
+    /// Failed sends that are a row's own fault before it is set aside.
+    pub max_failures: i32,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch: 256,
+            poll: Duration::from_millis(500),
+            confirm_within: Duration::from_secs(15),
+            check_every: Duration::from_secs(5),
+            max_failures: 5,
+        }
+    }
+}
+
 /// The outbox relay of one database.
 #[derive(Debug)]
 pub struct Relay {
     pool: PgPool,
     js: jetstream::Context,
     handle: RelayHandle,
-    batch: i64,
-    /// Polling is the safety net behind the in-process wake-up (another instance may have written).
-    poll: Duration,
+    settings: RelaySettings,
+    /// The creation time (unix ns) of the stream as last seen: a stream made anew is another one.
+    incarnation: Option<i64>,
 }
 
+/// What became of one send.
+type SendResult = Result<u64, async_nats::jetstream::context::PublishError>;
+
 impl Relay {
-    pub fn new(pool: PgPool, js: jetstream::Context) -> Relay {
+    /// A relay woken through `handle` (shared with the writers, and across restarts).
+    pub fn new(
+        pool: PgPool,
+        js: jetstream::Context,
+        settings: RelaySettings,
+        handle: RelayHandle,
+    ) -> Relay {
         Relay {
             pool,
             js,
-            handle: RelayHandle::default(),
-            batch: 256,
-            poll: Duration::from_millis(500),
+            handle,
+            settings,
+            incarnation: None,
         }
     }
 
-    pub fn handle(&self) -> RelayHandle {
-        self.handle.clone()
-    }
-
-    /// Publishes until `shutdown`; the batch in flight is finished first.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Publishes and checks until `shutdown`; the round in flight is finished first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut next_check = Instant::now() + self.settings.check_every;
         loop {
-            match self.publish_batch().await {
-                Ok(n) if n as i64 == self.batch => continue,
-                Ok(_) => backoff = Duration::from_millis(100),
+            let full = match self.publish_round().await {
+                Ok(sent) => {
+                    backoff = Duration::from_millis(100);
+                    sent as i64 == self.settings.batch
+                }
                 Err(error) => {
                     warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
                     tokio::select! {
@@ -71,51 +118,215 @@ impl Relay {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
+            };
+            if Instant::now() >= next_check {
+                if let Err(error) = self.check_round().await {
+                    warn!(%error, "outbox confirmation check failed");
+                }
+                next_check = Instant::now() + self.settings.check_every;
+            }
+            if full {
+                continue;
             }
             tokio::select! {
                 _ = self.handle.wake.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(self.settings.poll) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
         debug!("outbox relay stopped");
     }
 
-    /// Publishes one batch; returns how many rows left the outbox.
-    async fn publish_batch(&self) -> Result<usize, Error> {
+    /// The stream's incarnation, creating the stream if it is missing.
+    async fn incarnation(&mut self) -> Result<i64, Error> {
+        if let Some(created) = self.incarnation {
+            return Ok(created);
+        }
+        let mut stream = ensure_stream(&self.js).await?;
+        let created = stream.info().await.map_err(Error::nats)?.created;
+        let created = created.unix_timestamp_nanos() as i64;
+        self.incarnation = Some(created);
+        Ok(created)
+    }
+
+    /// Sends the rows together and awaits the acknowledgements together: order is kept by the
+    /// connection, and the round trips overlap.
+    async fn send(&self, rows: &[Pending]) -> Vec<SendResult> {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            // A send after the first gets its own message id: the duplicate window still remembers
+            // the first, also when the stream lost the message itself.
+            let message_id = match row.sends {
+                0 => row.event_id.to_string(),
+                n => format!("{}.{n}", row.event_id),
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+            let sent = self
+                .js
+                .publish_with_headers(row.subject.clone(), headers, row.body.clone().into())
+                .await;
+            acks.push(async move {
+                match sent {
+                    Ok(ack) => ack.await.map(|ack| ack.sequence),
+                    Err(error) => Err(error),
+                }
+            });
+        }
+        join_all(acks).await
+    }
+
+    /// Publishes one batch of due rows; returns how many JetStream acknowledged.
+    async fn publish_round(&mut self) -> Result<usize, Error> {
         let mut tx = self.pool.begin().await.map_err(wangge_store::Error::from)?;
-        let pending = outbox::claim(&mut tx, self.batch).await?;
-        if pending.is_empty() {
+        let rows = outbox::claim_unpublished(&mut tx, self.settings.batch).await?;
+        if rows.is_empty() {
             return Ok(0);
         }
-        // Publish the whole batch, then await the acknowledgements together: order is kept by the
-        // connection, and the round trips overlap.
-        let mut acks = Vec::with_capacity(pending.len());
-        for message in &pending {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                message.event_id.to_string().as_str(),
-            );
-            let ack = self
-                .js
-                .publish_with_headers(
-                    message.subject.clone(),
-                    headers,
-                    message.body.clone().into(),
+        let created = self.incarnation().await?;
+        let results = self.send(&rows).await;
+        let any_through = results.iter().any(Result::is_ok);
+        // "No stream" for every row: either the stream is gone, or these rows' subjects are bound
+        // to none (then they are at fault). Asking JetStream tells which.
+        let no_stream = results.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.kind() == PublishErrorKind::StreamNotFound)
+        });
+        let stream_gone =
+            no_stream && !any_through && self.js.get_stream(CASE_STREAM).await.is_err();
+        let mut stored = Vec::new();
+        let mut first_error = None;
+        for (row, result) in rows.iter().zip(results) {
+            let error = match result {
+                Ok(stream_seq) => {
+                    stored.push(Stored {
+                        event_id: row.event_id,
+                        stream_seq,
+                        stream_created: created,
+                    });
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let kind = error.kind();
+            let reason = format!("publish failed: {error}");
+            if kind == PublishErrorKind::MaxPayloadExceeded {
+                self.set_aside(
+                    &mut tx,
+                    row,
+                    &format!("{reason}: the event can never travel"),
                 )
-                .await
-                .map_err(Error::nats)?;
-            acks.push(ack.into_future());
+                .await?;
+                continue;
+            }
+            // Others got through, or the stream is there but will not take this subject: the row
+            // is at fault. Otherwise NATS or the stream is away, which is nobody's fault and is
+            // waited out as a whole.
+            let own_fault =
+                any_through || (kind == PublishErrorKind::StreamNotFound && !stream_gone);
+            if own_fault && row.failures + 1 >= self.settings.max_failures {
+                self.set_aside(&mut tx, row, &reason).await?;
+                continue;
+            } else if own_fault {
+                warn!(event_id = %row.event_id, failures = row.failures + 1, %error, "event not published, retrying it later");
+                let delay = backoff(Duration::from_secs(1), row.failures);
+                outbox::postpone(&mut tx, row.event_id, delay, Some(&reason), true, false).await?;
+                continue;
+            }
+            first_error.get_or_insert(reason);
         }
-        tokio::time::timeout(Duration::from_secs(10), try_join_all(acks))
-            .await
-            .map_err(|_| Error::Nats("publish acknowledgements timed out".into()))?
-            .map_err(Error::nats)?;
-        let ids: Vec<_> = pending.iter().map(|m| m.event_id).collect();
-        outbox::remove(&mut tx, &ids).await?;
+        outbox::published(&mut tx, &stored, self.settings.confirm_within).await?;
         tx.commit().await.map_err(wangge_store::Error::from)?;
-        debug!(published = ids.len(), "outbox batch published");
-        Ok(ids.len())
+        if stream_gone {
+            // Made anew on the next round, and everything it held is sent again by the check.
+            warn!("the case stream is missing, creating it again");
+            self.incarnation = None;
+        }
+        match first_error {
+            Some(error) if !any_through => Err(Error::Nats(error)),
+            _ => {
+                debug!(published = stored.len(), "outbox batch published");
+                Ok(stored.len())
+            }
+        }
+    }
+
+    async fn set_aside(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        row: &Pending,
+        reason: &str,
+    ) -> Result<(), Error> {
+        error!(event_id = %row.event_id, subject = %row.subject, bytes = row.body.len(), reason, "event set aside as an outgoing dead letter");
+        outbox::set_aside(tx, row.event_id, reason).await?;
+        Ok(())
+    }
+
+    /// Looks for published, unconfirmed events whose check is due in the stream; those it lost are
+    /// sent again on the next round. Returns how many.
+    async fn check_round(&mut self) -> Result<usize, Error> {
+        let mut tx = self.pool.begin().await.map_err(wangge_store::Error::from)?;
+        let rows = outbox::claim_unconfirmed(&mut tx, 512).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut stream = ensure_stream(&self.js).await?;
+        let info = stream.info().await.map_err(Error::nats)?.clone();
+        let created = info.created.unix_timestamp_nanos() as i64;
+        self.incarnation = Some(created);
+        let holes = info.state.deleted_count.unwrap_or(0) > 0;
+        let mut lost: Vec<Uuid> = Vec::new();
+        for row in &rows {
+            let seq = row.stream_seq.unwrap_or(0).max(0) as u64;
+            let mut held = row.stream_created == Some(created)
+                && seq >= info.state.first_sequence
+                && seq <= info.state.last_sequence;
+            if held && holes {
+                // Messages were removed from the middle of the stream: look this one up.
+                held = match stream.get_raw_message(seq).await {
+                    Ok(_) => true,
+                    Err(error) => !matches!(
+                        error.kind(),
+                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    ),
+                };
+            }
+            if held {
+                let delay = backoff(self.settings.confirm_within, row.checks);
+                outbox::postpone(&mut tx, row.event_id, delay, None, false, true).await?;
+            } else {
+                lost.push(row.event_id);
+            }
+        }
+        outbox::unpublish(&mut tx, &lost, "no longer in the stream: sent again").await?;
+        tx.commit().await.map_err(wangge_store::Error::from)?;
+        if !lost.is_empty() {
+            info!(
+                events = lost.len(),
+                "events the stream no longer holds are sent again"
+            );
+            self.handle.wake();
+        }
+        Ok(lost.len())
+    }
+}
+
+/// `base` doubled per earlier attempt, at most five minutes.
+fn backoff(base: Duration, attempts: i32) -> Duration {
+    let doublings = attempts.clamp(0, 10) as u32;
+    (base * 2u32.pow(doublings)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let base = Duration::from_secs(15);
+        assert_eq!(backoff(base, 0), base);
+        assert_eq!(backoff(base, 2), Duration::from_secs(60));
+        assert_eq!(backoff(base, 9), Duration::from_secs(300));
+        assert_eq!(backoff(base, -1), base);
     }
 }

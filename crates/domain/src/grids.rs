@@ -61,6 +61,13 @@ impl GridIndex {
         self.tree.size() == 0
     }
 
+    /// The communities the grids belong to, each once, in code order.
+    pub fn communities(&self) -> Vec<crate::codes::OrgCode> {
+        let communities: std::collections::BTreeSet<_> =
+            self.tree.iter().map(|e| e.code.community()).collect();
+        communities.into_iter().collect()
+    }
+
     /// The grid containing the point (longitude, latitude). Points on a shared edge go to the lowest code,
     /// so the answer does not depend on the order the grids were loaded in.
     pub fn locate(&self, longitude: f64, latitude: f64) -> Option<GridCode> {

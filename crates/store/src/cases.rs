@@ -2,12 +2,18 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use prost::Message;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 use wangge_domain::case::{state_name, tier_name};
 use wangge_proto as pb;
 
 use crate::{Error, Result};
+
+/// A stored protobuf snapshot or event body.
+#[derive(FromRow)]
+struct Stored {
+    body: Vec<u8>,
+}
 
 fn decode_case(bytes: &[u8]) -> Result<pb::Case> {
     pb::Case::decode(bytes).map_err(|source| Error::Corrupt {
@@ -31,12 +37,12 @@ fn timestamp(ts: Option<prost_types::Timestamp>) -> DateTime<Utc> {
 /// The case, locked for the rest of the transaction when `lock` is set.
 pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<pb::Case>> {
     let sql = if lock {
-        "SELECT snapshot FROM cases WHERE id = $1 FOR UPDATE"
+        "SELECT snapshot AS body FROM cases WHERE id = $1 FOR UPDATE"
     } else {
-        "SELECT snapshot FROM cases WHERE id = $1"
+        "SELECT snapshot AS body FROM cases WHERE id = $1"
     };
-    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
-    row.map(|r| decode_case(r.get::<&[u8], _>(0))).transpose()
+    let row: Option<Stored> = sqlx::query_as(sql).bind(id).fetch_optional(conn).await?;
+    row.map(|r| decode_case(&r.body)).transpose()
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<pb::Case>> {
@@ -46,11 +52,12 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<pb::Case>> {
 
 /// The case a field app's report created, by the app's own id.
 pub async fn by_client_id(conn: &mut PgConnection, client_id: &str) -> Result<Option<pb::Case>> {
-    let row = sqlx::query("SELECT snapshot FROM cases WHERE client_id = $1")
-        .bind(client_id)
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| decode_case(r.get::<&[u8], _>(0))).transpose()
+    let row: Option<Stored> =
+        sqlx::query_as("SELECT snapshot AS body FROM cases WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|r| decode_case(&r.body)).transpose()
 }
 
 /// Stores an event and the projection it led to. The first event inserts the case.
@@ -137,13 +144,12 @@ pub async fn append(
 
 /// The whole history of a case, oldest first.
 pub async fn events(pool: &PgPool, case_id: Uuid) -> Result<Vec<pb::CaseEvent>> {
-    let rows = sqlx::query("SELECT body FROM case_events WHERE case_id = $1 ORDER BY seq")
-        .bind(case_id)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| decode_event(r.get::<&[u8], _>(0)))
-        .collect()
+    let rows: Vec<Stored> =
+        sqlx::query_as("SELECT body FROM case_events WHERE case_id = $1 ORDER BY seq")
+            .bind(case_id)
+            .fetch_all(pool)
+            .await?;
+    rows.iter().map(|r| decode_event(&r.body)).collect()
 }
 
 /// The next daily report number of a community: 350205002006-20261126-0042.
@@ -182,8 +188,8 @@ pub struct Filter {
 }
 
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
-    let rows = sqlx::query(
-        "SELECT snapshot FROM cases
+    let rows: Vec<Stored> = sqlx::query_as(
+        "SELECT snapshot AS body FROM cases
          WHERE grid_code LIKE $1 || '%'
            AND (cardinality($2::text[]) = 0 OR state = ANY($2))
            AND ($3::text IS NULL OR owner_tier = $3)
@@ -202,51 +208,12 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
     .bind(filter.limit)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|r| decode_case(r.get::<&[u8], _>(0)))
-        .collect()
+    rows.iter().map(|r| decode_case(&r.body)).collect()
 }
 
-/// Claims an event id in the inbox; false when it was applied before.
-pub async fn claim_inbox(conn: &mut PgConnection, event_id: Uuid) -> Result<bool> {
-    let done = sqlx::query("INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(event_id)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Removes inbox entries applied more than `older_than` ago; returns how many.
-pub async fn prune_inbox(pool: &PgPool, older_than: std::time::Duration) -> Result<u64> {
-    let done =
-        sqlx::query("DELETE FROM inbox WHERE applied_at < now() - make_interval(secs => $1)")
-            .bind(older_than.as_secs_f64())
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
-}
-
-/// Keeps a message that cannot be applied, with the reason.
-pub async fn dead_letter(
-    conn: &mut PgConnection,
-    subject: &str,
-    body: &[u8],
-    error: &str,
-) -> Result<()> {
-    sqlx::query("INSERT INTO dead_letters (subject, body, error) VALUES ($1, $2, $3)")
-        .bind(subject)
-        .bind(body)
-        .bind(error)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// How many cases this database holds, and how many dead letters.
-pub async fn counts(pool: &PgPool) -> Result<(i64, i64)> {
-    let row =
-        sqlx::query("SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM dead_letters)")
-            .fetch_one(pool)
-            .await?;
-    Ok((row.get(0), row.get(1)))
+/// How many cases this database holds.
+pub async fn count(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM cases")
+        .fetch_one(pool)
+        .await?)
 }

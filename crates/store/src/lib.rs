@@ -4,6 +4,8 @@
 pub mod cases;
 pub mod outbox;
 pub mod registry;
+pub mod replication;
+pub mod sync;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -1,67 +1,295 @@
-//! The outbox: events committed with their state change, waiting for the relay to publish them.
+//! The outbox: events committed with their state change, waiting until every peer tier confirmed
+//! that it holds them.
+//!
+//! A row goes through two phases. Unpublished, the relay sends it to JetStream (and retries, with a
+//! bound on failures that are its own fault). Published, it waits for the peers' confirmations;
+//! the relay checks on it now and then and sends it again if the stream no longer holds it. It
+//! leaves only when the last peer confirmed, never on JetStream's acknowledgement alone.
 
-use sqlx::{PgConnection, Row};
+use std::time::Duration;
+
+use sqlx::{FromRow, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
 
-/// One message to publish.
-#[derive(Debug, Clone)]
+/// One event to deliver.
+#[derive(Debug, Clone, FromRow)]
 pub struct Pending {
     pub event_id: Uuid,
     pub subject: String,
     pub body: Vec<u8>,
+    /// How often it was sent before (its message ids differ per send).
+    pub sends: i32,
+    pub failures: i32,
+    pub checks: i32,
+    pub stream_seq: Option<i64>,
+    pub stream_created: Option<i64>,
 }
 
-/// Queues a message in the caller's transaction.
+/// Queues an event in the caller's transaction, to be confirmed by `peers` (tier names).
 pub async fn enqueue(
     conn: &mut PgConnection,
     event_id: Uuid,
+    case_id: Uuid,
+    seq: u64,
     subject: &str,
     body: &[u8],
+    peers: &[&str],
 ) -> Result<()> {
-    sqlx::query("INSERT INTO outbox (event_id, subject, body) VALUES ($1, $2, $3)")
-        .bind(event_id)
-        .bind(subject)
-        .bind(body)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, case_id, seq, subject, body, pending_tiers)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event_id)
+    .bind(case_id)
+    .bind(seq as i64)
+    .bind(subject)
+    .bind(body)
+    .bind(peers)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// The oldest pending messages, locked so a second relay skips them.
-pub async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
-    let rows = sqlx::query(
-        "SELECT event_id, subject, body FROM outbox ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
+const COLUMNS: &str =
+    "event_id, subject, body, sends, failures, checks, stream_seq, stream_created";
+
+/// The oldest unpublished events that are due, locked so a second relay skips them.
+pub async fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM outbox
+         WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp()
+         ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit)
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Pending {
-            event_id: r.get(0),
-            subject: r.get(1),
-            body: r.get(2),
-        })
-        .collect())
+    .await?)
 }
 
-/// Removes published messages.
-pub async fn remove(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
-    sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
-        .bind(ids)
+/// Published events still awaiting a confirmation whose check is due, locked.
+pub async fn claim_unconfirmed(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM outbox
+         WHERE published_at IS NOT NULL AND next_attempt_at <= clock_timestamp()
+         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Where JetStream stored one send.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub event_id: Uuid,
+    pub stream_seq: u64,
+    /// The stream's creation time in unix nanoseconds: a stream made anew is another stream.
+    pub stream_created: i64,
+}
+
+/// Records sends JetStream acknowledged; the first check on their confirmation is due after
+/// `confirm_within`. Rows nobody needs to confirm leave at once.
+pub async fn published(
+    conn: &mut PgConnection,
+    stored: &[Stored],
+    confirm_within: Duration,
+) -> Result<()> {
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = stored.iter().map(|s| s.event_id).collect();
+    let seqs: Vec<i64> = stored.iter().map(|s| s.stream_seq as i64).collect();
+    let created: Vec<i64> = stored.iter().map(|s| s.stream_created).collect();
+    sqlx::query(
+        "UPDATE outbox o SET published_at = clock_timestamp(), stream_seq = s.seq,
+                stream_created = s.created, sends = o.sends + 1, checks = 0, last_error = NULL,
+                next_attempt_at = clock_timestamp() + make_interval(secs => $4)
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS s(id, seq, created)
+         WHERE o.event_id = s.id",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&created)
+    .bind(confirm_within.as_secs_f64())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1) AND cardinality(pending_tiers) = 0")
+        .bind(&ids)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// How many messages wait, and the age in seconds of the oldest.
-pub async fn depth(conn: &mut PgConnection) -> Result<(i64, f64)> {
-    let row = sqlx::query(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8, 0) FROM outbox",
+/// Puts off the next attempt (or check) of an event by `delay`, noting why. `own_fault` counts a
+/// failed send against the event (others got through, so the event itself is the problem);
+/// `checked` counts a check that found the event still on its way.
+pub async fn postpone(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    delay: Duration,
+    error: Option<&str>,
+    own_fault: bool,
+    checked: bool,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = clock_timestamp() + make_interval(secs => $2),
+                last_error = COALESCE($3, last_error),
+                failures = failures + $4::int, checks = checks + $5::int
+         WHERE event_id = $1",
     )
-    .fetch_one(conn)
+    .bind(event_id)
+    .bind(delay.as_secs_f64())
+    .bind(error)
+    .bind(i32::from(own_fault))
+    .bind(i32::from(checked))
+    .execute(conn)
     .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok(())
+}
+
+/// Marks events to be sent again on the next round (the stream lost them).
+pub async fn unpublish(conn: &mut PgConnection, ids: &[Uuid], reason: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET published_at = NULL, next_attempt_at = clock_timestamp(), last_error = $2
+         WHERE event_id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets an event that cannot travel aside: kept as an outgoing dead letter with the reason, and
+/// out of the way of everything behind it.
+pub async fn set_aside(conn: &mut PgConnection, event_id: Uuid, reason: &str) -> Result<()> {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM outbox WHERE event_id = $1 RETURNING event_id, case_id, subject, body)
+         INSERT INTO dead_letters (direction, event_id, case_id, subject, body, error)
+         SELECT 'outgoing', event_id, case_id, subject, body, $2 FROM gone
+         ON CONFLICT (direction, event_id) WHERE event_id IS NOT NULL DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A peer tier confirmed it holds these events; returns how many rows left the outbox.
+pub async fn confirm(pool: &PgPool, tier: &str, event_ids: &[Uuid]) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE outbox SET pending_tiers = array_remove(pending_tiers, $2)
+         WHERE event_id = ANY($1) AND $2 = ANY(pending_tiers)",
+    )
+    .bind(event_ids)
+    .bind(tier)
+    .execute(&mut *tx)
+    .await?;
+    let gone = remove_confirmed(&mut tx, "event_id = ANY($1)", event_ids).await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+/// A peer tier holds `case_id` up to `version`: every event of it up to there is confirmed by that
+/// peer. Returns how many rows left the outbox.
+pub async fn confirm_through(pool: &PgPool, tier: &str, marks: &[(Uuid, u64)]) -> Result<u64> {
+    if marks.is_empty() {
+        return Ok(0);
+    }
+    let cases: Vec<Uuid> = marks.iter().map(|m| m.0).collect();
+    let versions: Vec<i64> = marks.iter().map(|m| m.1 as i64).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE outbox o SET pending_tiers = array_remove(o.pending_tiers, $3)
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS m(case_id, version)
+         WHERE o.case_id = m.case_id AND o.seq <= m.version AND $3 = ANY(o.pending_tiers)",
+    )
+    .bind(&cases)
+    .bind(&versions)
+    .bind(tier)
+    .execute(&mut *tx)
+    .await?;
+    let gone = remove_confirmed(&mut tx, "case_id = ANY($1)", &cases).await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+async fn remove_confirmed(conn: &mut PgConnection, filter: &str, ids: &[Uuid]) -> Result<u64> {
+    // Only published rows: a confirmation can overtake the relay's own bookkeeping of the send.
+    let done = sqlx::query(&format!(
+        "DELETE FROM outbox WHERE {filter} AND cardinality(pending_tiers) = 0 AND published_at IS NOT NULL"
+    ))
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Published events that `tier` has not confirmed for longer than `older_than`, oldest first:
+/// what reconciliation asks that tier about.
+#[derive(Debug, Clone, FromRow)]
+pub struct Unconfirmed {
+    pub case_id: Uuid,
+    pub subject: String,
+}
+
+pub async fn unconfirmed_by(
+    pool: &PgPool,
+    tier: &str,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Unconfirmed>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (case_id) case_id, subject FROM outbox
+         WHERE $1 = ANY(pending_tiers) AND case_id IS NOT NULL AND published_at IS NOT NULL
+           AND created_at < clock_timestamp() - make_interval(secs => $2)
+         ORDER BY case_id LIMIT $3",
+    )
+    .bind(tier)
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What the outbox holds, for the operator.
+#[derive(Debug, Clone, Default, FromRow)]
+pub struct Depth {
+    pub events: i64,
+    pub oldest_seconds: f64,
+    pub unpublished: i64,
+}
+
+pub async fn depth(pool: &PgPool) -> Result<Depth> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS events,
+                COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8, 0) AS oldest_seconds,
+                count(*) FILTER (WHERE published_at IS NULL) AS unpublished
+         FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Published events awaiting one peer's confirmation.
+#[derive(Debug, Clone, FromRow)]
+pub struct PeerBacklog {
+    pub tier: String,
+    pub events: i64,
+    pub oldest_seconds: f64,
+}
+
+pub async fn awaiting_confirmation(pool: &PgPool) -> Result<Vec<PeerBacklog>> {
+    Ok(sqlx::query_as(
+        "SELECT tier, count(*) AS events,
+                EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 AS oldest_seconds
+         FROM outbox, UNNEST(pending_tiers) AS tier
+         WHERE published_at IS NOT NULL
+         GROUP BY tier ORDER BY tier",
+    )
+    .fetch_all(pool)
+    .await?)
 }

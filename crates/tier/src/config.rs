@@ -31,7 +31,68 @@ pub struct Config {
     pub inbox_retention_hours: u64,
     /// How often old inbox entries are removed.
     pub inbox_prune_every_secs: u64,
+    /// The tiers that must confirm every event this tier writes before it leaves the outbox, and
+    /// that reconciliation compares with. Unset: the two other tiers.
+    pub peers: Option<Vec<TierName>>,
+    pub delivery: DeliveryConfig,
     pub log: LogConfig,
+}
+
+/// A tier, by name, as configuration spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierName {
+    Village,
+    Street,
+    District,
+}
+
+impl From<TierName> for Tier {
+    fn from(name: TierName) -> Tier {
+        match name {
+            TierName::Village => Tier::Village,
+            TierName::Street => Tier::Street,
+            TierName::District => Tier::District,
+        }
+    }
+}
+
+/// End-to-end delivery: confirmations, resends, poison, parking and reconciliation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryConfig {
+    /// How long peers have to confirm an event before the relay looks for it in the stream.
+    pub confirm_within_secs: u64,
+    /// Failed sends that are an event's own fault before it is set aside as a dead letter.
+    pub max_publish_failures: i32,
+    /// The largest encoded event a step may produce; a step whose event would be larger is refused
+    /// before anything is stored. Kept below NATS's max_payload (1 MiB by default) with room for
+    /// headers; lowered further to the server's own limit when it announces a smaller one.
+    pub max_event_bytes: usize,
+    /// How often the tier compares what it holds with its peers.
+    pub reconcile_every_secs: u64,
+    /// Reconciliation compares cases changed in this many days (plus the unconfirmed outbox).
+    pub reconcile_window_days: u64,
+    /// How long a peer has to answer one reconciliation request.
+    pub sync_timeout_ms: u64,
+    /// How often parked events and outbox confirmations are looked after.
+    pub sweep_every_secs: u64,
+    /// How long an event may wait for its predecessor before it is set aside as a dead letter.
+    pub park_expiry_hours: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            confirm_within_secs: 15,
+            max_publish_failures: 5,
+            max_event_bytes: 1_000_000,
+            reconcile_every_secs: 300,
+            reconcile_window_days: 30,
+            sync_timeout_ms: 3000,
+            sweep_every_secs: 2,
+            park_expiry_hours: 24,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +131,21 @@ fn redacted_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Err
 }
 
 impl Config {
+    /// The peer tiers of `tier`: as configured, else the two others.
+    pub fn peers_of(&self, tier: Tier) -> Vec<Tier> {
+        match &self.peers {
+            Some(peers) => peers
+                .iter()
+                .map(|&p| Tier::from(p))
+                .filter(|&p| p != tier)
+                .collect(),
+            None => [Tier::Village, Tier::Street, Tier::District]
+                .into_iter()
+                .filter(|&p| p != tier)
+                .collect(),
+        }
+    }
+
     /// Defaults for a laptop: everything on 127.0.0.1, one database per tier, Haicang as scope.
     pub fn defaults(tier: Tier) -> Config {
         let (name, port) = match tier {
@@ -86,6 +162,8 @@ impl Config {
             consumer_name: None,
             inbox_retention_hours: 24 * 7,
             inbox_prune_every_secs: 600,
+            peers: None,
+            delivery: DeliveryConfig::default(),
             log: LogConfig {
                 format: "text".into(),
                 filter: "info".into(),

@@ -1,20 +1,18 @@
-//! The case engine of a tier: authors events on the cases this tier holds, applies events
-//! replicated from the other tiers, and tells watchers about every change.
+//! The case engine of a tier: authors events on the cases this tier holds and tells watchers about
+//! every change. (Events replicated from the other tiers are applied by `replicate`.)
 //!
-//! Write path: lock the case row, run the state machine, store event + projection + outbox row in
-//! one transaction, wake the relay. Read path (from NATS): a batch of messages per transaction;
-//! per message the sequence check, the inbox key and the same state machine; then the acks.
+//! Write path: lock the case row, run the state machine, check that the event can travel, store
+//! event + projection + outbox row in one transaction, wake the relay.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use chrono::{FixedOffset, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
-use tracing::{debug, error, info, instrument, warn};
+use tracing::{debug, info, instrument};
 use uuid::Uuid;
-use wangge_bus::{Disposition, Handler, Message, RelayHandle};
+use wangge_bus::RelayHandle;
 use wangge_domain::case as machine;
 use wangge_domain::grids::GridIndex;
 use wangge_domain::{GridCode, Scope};
@@ -34,6 +32,10 @@ pub struct Engine {
     grids: RwLock<Arc<GridIndex>>,
     relay: RelayHandle,
     updates: broadcast::Sender<pb::CaseUpdate>,
+    /// The tiers that must confirm each event this tier writes.
+    peers: Vec<pb::Tier>,
+    /// The largest event that can travel.
+    max_event_bytes: usize,
 }
 
 /// A report as the field app sent it, checked field by field.
@@ -84,6 +86,8 @@ impl Engine {
         pool: PgPool,
         grids: GridIndex,
         relay: RelayHandle,
+        peers: Vec<pb::Tier>,
+        max_event_bytes: usize,
     ) -> Engine {
         let (updates, _) = broadcast::channel(4096);
         Engine {
@@ -93,7 +97,18 @@ impl Engine {
             grids: RwLock::new(Arc::new(grids)),
             relay,
             updates,
+            peers,
+            max_event_bytes,
         }
+    }
+
+    pub fn peers(&self) -> &[pb::Tier] {
+        &self.peers
+    }
+
+    /// Tells watchers about a change (nobody watching is fine).
+    pub(crate) fn announce(&self, update: pb::CaseUpdate) {
+        let _ = self.updates.send(update);
     }
 
     pub fn tier(&self) -> pb::Tier {
@@ -261,7 +276,8 @@ impl Engine {
         Ok(case)
     }
 
-    /// Runs the state machine and stores event, projection and outbox row in the caller's transaction.
+    /// Runs the state machine and stores event, projection and outbox row in the caller's
+    /// transaction. An event too large to travel is refused before anything is stored.
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
@@ -271,128 +287,54 @@ impl Engine {
         let after = machine::apply(before, &event)?;
         machine::seal(&mut event, &after);
         let grid = stored_grid(&after)?;
-        cases::append(&mut tx, &after, &event).await?;
         let event_id = Uuid::parse_str(&event.event_id)
             .map_err(|e| Error::invalid("event_id", e.to_string()))?;
+        let case_id = parse_case_id(&event.case_id)?;
         let envelope = pb::Envelope {
             event_id: event.event_id.clone(),
             trace: Default::default(),
             body: Some(pb::envelope::Body::CaseEvent(event.clone())),
         };
+        let body = envelope.encode_to_vec();
+        if body.len() > self.max_event_bytes {
+            return Err(too_large(&event, body.len(), self.max_event_bytes));
+        }
+        cases::append(&mut tx, &after, &event).await?;
+        let peers: Vec<&str> = self.peers.iter().map(|&t| machine::tier_name(t)).collect();
         outbox::enqueue(
             &mut tx,
             event_id,
+            case_id,
+            event.seq,
             &wangge_bus::case_subject(&grid),
-            &envelope.encode_to_vec(),
+            &body,
+            &peers,
         )
         .await?;
         tx.commit().await?;
         self.relay.wake();
-        // Nobody watching is fine.
-        let _ = self.updates.send(pb::CaseUpdate {
+        self.announce(pb::CaseUpdate {
             case: Some(after.clone()),
             event: Some(event),
         });
         Ok(after)
     }
+}
 
-    /// Applies, in the caller's transaction, an event another tier authored. Writes nothing unless
-    /// the event is the next one of its case; returns the update to announce after commit.
-    async fn apply_replicated(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        event: pb::CaseEvent,
-    ) -> Result<Outcome, Error> {
-        let event_id = Uuid::parse_str(&event.event_id)
-            .map_err(|e| Error::invalid("event_id", e.to_string()))?;
-        let case_id = parse_case_id(&event.case_id)?;
-        let case = cases::load(tx, case_id, true).await?;
-        let version = case.as_ref().map_or(0, |c| c.version);
-        if event.seq <= version {
-            // Our own event coming back, or a copy that came another way.
-            return Ok(Outcome::Duplicate);
-        }
-        if event.seq > version + 1 {
-            return Ok(Outcome::Gap { have: version });
-        }
-        if !cases::claim_inbox(tx, event_id).await? {
-            return Ok(Outcome::Duplicate);
-        }
-        let after = machine::replay(case.as_ref(), &event)?;
-        cases::append(tx, &after, &event).await?;
-        Ok(Outcome::Applied(Box::new(pb::CaseUpdate {
-            case: Some(after),
-            event: Some(event),
-        })))
-    }
-
-    /// Applies a batch of bus messages in one transaction (one commit, one fsync, for the lot).
-    /// A database failure rolls the whole batch back and asks for all of it again.
-    async fn apply_batch(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
-        let retry_all = |error: &dyn std::fmt::Display| {
-            warn!(%error, batch = messages.len(), "could not apply replicated events, retrying");
-            vec![Disposition::Retry(Duration::from_secs(1)); messages.len()]
-        };
-        let mut tx = match self.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return retry_all(&e),
-        };
-        let mut dispositions = Vec::with_capacity(messages.len());
-        let mut updates = Vec::new();
-        for message in messages {
-            let disposition = match self.apply_message(&mut tx, message).await {
-                Ok((disposition, update)) => {
-                    updates.extend(update);
-                    disposition
-                }
-                Err(e) => return retry_all(&e),
-            };
-            dispositions.push(disposition);
-        }
-        if let Err(e) = tx.commit().await {
-            return retry_all(&e);
-        }
-        for update in updates {
-            let _ = self.updates.send(update);
-        }
-        dispositions
-    }
-
-    /// One message of a batch; Err only for database failures.
-    async fn apply_message(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        message: &Message<'_>,
-    ) -> Result<(Disposition, Option<pb::CaseUpdate>), wangge_store::Error> {
-        let (subject, payload) = (message.subject, message.payload);
-        let event = match pb::Envelope::decode(payload) {
-            Ok(pb::Envelope {
-                body: Some(pb::envelope::Body::CaseEvent(event)),
-                ..
-            }) => event,
-            Ok(_) => {
-                return dead_letter(tx, subject, payload, "envelope without a case event").await;
-            }
-            Err(e) => {
-                let reason = format!("undecodable envelope: {e}");
-                return dead_letter(tx, subject, payload, &reason).await;
-            }
-        };
-        let (case_id, seq) = (event.case_id.clone(), event.seq);
-        match self.apply_replicated(tx, event).await {
-            Ok(Outcome::Applied(update)) => {
-                debug!(%case_id, seq, "replicated event applied");
-                Ok((Disposition::Done, Some(*update)))
-            }
-            Ok(Outcome::Duplicate) => Ok((Disposition::Done, None)),
-            Ok(Outcome::Gap { have }) => {
-                debug!(%case_id, seq, have, "event ahead of its predecessor, retrying later");
-                Ok((Disposition::Retry(Duration::from_millis(500)), None))
-            }
-            Err(Error::Store(e)) => Err(e),
-            Err(e) => dead_letter(tx, subject, payload, &e.to_string()).await,
-        }
-    }
+/// Why an event cannot travel, naming the part of the request that made it large.
+fn too_large(event: &pb::CaseEvent, bytes: usize, limit: usize) -> Error {
+    let attachments: usize = event.attachments.iter().map(|a| a.encoded_len()).sum();
+    let field = if attachments * 2 > bytes {
+        "attachments"
+    } else if matches!(event.kind, Some(Kind::Reported(_))) {
+        "description"
+    } else {
+        "note"
+    };
+    Error::invalid(
+        field,
+        format!("the step's event would be {bytes} bytes, above the {limit} bytes the bus carries"),
+    )
 }
 
 /// Longest note (reason, result, remark) on a step.
@@ -431,37 +373,8 @@ fn check_attachments(attachments: &[pb::Attachment]) -> Result<(), Error> {
     Ok(())
 }
 
-fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
+pub(crate) fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
     case.grid_code
         .parse()
         .map_err(|e| Error::invalid("grid_code", format!("{e}")))
-}
-
-enum Outcome {
-    Applied(Box<pb::CaseUpdate>),
-    Duplicate,
-    Gap { have: u64 },
-}
-
-/// The bus consumer's view of the engine.
-#[derive(Debug, Clone)]
-pub struct Replicator(pub Arc<Engine>);
-
-impl Handler for Replicator {
-    #[instrument(skip_all, fields(batch = messages.len()))]
-    async fn handle(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
-        self.0.apply_batch(messages).await
-    }
-}
-
-/// Keeps a message that cannot be applied (in the batch's transaction) and lets it go.
-async fn dead_letter(
-    tx: &mut sqlx::PgConnection,
-    subject: &str,
-    payload: &[u8],
-    reason: &str,
-) -> Result<(Disposition, Option<pb::CaseUpdate>), wangge_store::Error> {
-    error!(subject, reason, "message kept as a dead letter");
-    cases::dead_letter(tx, subject, payload, reason).await?;
-    Ok((Disposition::Done, None))
 }

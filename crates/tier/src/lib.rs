@@ -1,20 +1,25 @@
-//! What every tier service runs: configuration, the case engine, the bus relay and consumer, the
-//! gRPC server with health, reflection and grpc-web, the services all tiers share, and the one
-//! graceful shutdown path.
+//! What every tier service runs: configuration, the case engine, replication (relay, consumer,
+//! receipts, reconciliation) under one supervisor, the gRPC server with health, reflection and
+//! grpc-web, the services all tiers share, and the one graceful shutdown path.
 
 pub mod actor;
+pub mod admin;
 pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
 pub mod query;
+pub mod reconcile;
+pub mod replicate;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod watch;
 
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,13 +27,15 @@ use async_nats::jetstream;
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
-use tracing::{info, warn};
-use wangge_bus::{Consumer, Relay};
+use tracing::{error, info, warn};
+use wangge_bus::receipts::ReceiptSender;
+use wangge_bus::sync::SyncClient;
+use wangge_bus::{Consumer, Relay, RelayHandle, RelaySettings};
 use wangge_domain::Scope;
 use wangge_domain::case::tier_name;
 use wangge_domain::grids::GridIndex;
@@ -44,12 +51,18 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     /// Cancelled when the service begins to stop: long-lived streams end then.
     pub stopping: CancellationToken,
+    /// What the admin service reports on.
+    pub ops: Arc<admin::Operations>,
 }
 
+/// Room for the headers and the subject next to an event in a NATS message.
+const MESSAGE_OVERHEAD: usize = 1024;
+
 /// Runs a tier until `shutdown` resolves: connects its database (migrating it) and NATS, starts the
-/// relay and the consumer, serves gRPC on `listener` with the shared services plus those `mount` adds,
-/// (returning their gRPC names, for reflection), then stops in order: health NOT_SERVING, streams end, in-flight calls finish, relay and consumer
-/// stop, NATS drains, the pool closes.
+/// background work under the supervisor, serves gRPC on `listener` with the shared services plus
+/// those `mount` adds (returning their gRPC names, for reflection), then stops in order: health
+/// NOT_SERVING, streams end, in-flight calls finish, background work stops, NATS drains, the pool
+/// closes. Returns an error when a background task kept failing (the process should exit non-zero).
 pub async fn run<F>(
     tier: pb::Tier,
     config: Config,
@@ -76,9 +89,24 @@ where
         warn!(%scope, "no grids in scope: seed the registry (wangge-seed), reports will be refused");
     }
 
+    let reconnected = Arc::new(Notify::new());
+    let on_event = reconnected.clone();
     let client = async_nats::ConnectOptions::new()
         .name(&name)
         .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let on_event = on_event.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("nats connected");
+                        on_event.notify_one();
+                    }
+                    async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    other => warn!(event = %other, "nats"),
+                }
+            }
+        })
         .connect(
             config
                 .nats_url
@@ -89,37 +117,182 @@ where
         .await
         .context("bad NATS URL")?;
     let js = jetstream::new(client.clone());
+    let delivery = &config.delivery;
+    // The server may carry less than configured: an event must fit what it announces.
+    let server_max = client.server_info().max_payload;
+    let max_event_bytes = match server_max {
+        0 => delivery.max_event_bytes,
+        max => delivery
+            .max_event_bytes
+            .min(max.saturating_sub(MESSAGE_OVERHEAD)),
+    };
 
-    let relay = Relay::new(pool.clone(), js.clone());
+    let relay_handle = RelayHandle::default();
+    let peers = config.peers_of(tier);
     let engine = Arc::new(Engine::new(
         tier,
         scope,
         pool.clone(),
         grids,
-        relay.handle(),
+        relay_handle.clone(),
+        peers.clone(),
+        max_event_bytes,
     ));
-    let background = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(relay.run(background.clone()));
-    let consumer = Consumer::new(
-        js.clone(),
-        config.consumer_name.clone().unwrap_or_else(|| name.clone()),
-        wangge_bus::scope_filter(&scope),
-    );
-    tasks.spawn(consume(js, consumer, engine.clone(), background.clone()));
-    tasks.spawn(prune_inbox(
-        pool.clone(),
-        Duration::from_secs(config.inbox_retention_hours * 3600),
-        Duration::from_secs(config.inbox_prune_every_secs.max(1)),
-        background.clone(),
+    let durable = config.consumer_name.clone().unwrap_or_else(|| name.clone());
+    let (repairs_tx, repairs_rx) = mpsc::channel(1024);
+    let replicator = Arc::new(replicate::Replicator::new(
+        engine.clone(),
+        ReceiptSender::new(client.clone(), tier, &scope),
+        repairs_tx,
     ));
+    let reconciliation = Arc::new(std::sync::Mutex::new(reconcile::Report::default()));
+    let supervisor = supervisor::Supervisor::new(supervisor::RestartPolicy::default());
+    let confirm_within = Duration::from_secs(delivery.confirm_within_secs.max(1));
 
+    {
+        let (pool, js, handle) = (pool.clone(), js.clone(), relay_handle.clone());
+        let settings = RelaySettings {
+            confirm_within,
+            max_failures: delivery.max_publish_failures.max(1),
+            ..RelaySettings::default()
+        };
+        supervisor.spawn("relay", move |stop| {
+            let relay = Relay::new(pool.clone(), js.clone(), settings.clone(), handle.clone());
+            async move {
+                relay.run(stop).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (js, durable, replicator) = (js.clone(), durable.clone(), replicator.clone());
+        let filter = wangge_bus::scope_filter(&scope);
+        supervisor.spawn("consumer", move |stop| {
+            let consumer = Consumer::new(js.clone(), durable.clone(), filter.clone());
+            let handler = replicate::Consuming(replicator.clone());
+            async move {
+                consumer.run(handler, stop).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (client, durable, pool) = (client.clone(), durable.clone(), pool.clone());
+        supervisor.spawn("receipts", move |stop| {
+            let pool = pool.clone();
+            let receive = wangge_bus::receipts::receive(
+                client.clone(),
+                tier,
+                scope,
+                durable.clone(),
+                move |peer, ids| {
+                    let pool = pool.clone();
+                    async move {
+                        Ok(wangge_store::outbox::confirm(&pool, tier_name(peer), &ids).await?)
+                    }
+                },
+                stop,
+            );
+            async move { Ok(receive.await?) }
+        });
+    }
+    {
+        let (client, durable) = (client.clone(), durable.clone());
+        let answers = reconcile::Answers {
+            engine: engine.clone(),
+            max_bytes: max_event_bytes,
+        };
+        supervisor.spawn("answers", move |stop| {
+            let serve = wangge_bus::sync::serve(
+                client.clone(),
+                tier,
+                scope,
+                durable.clone(),
+                answers.clone(),
+                stop,
+            );
+            async move { Ok(serve.await?) }
+        });
+    }
+    {
+        let settings = reconcile::Settings {
+            every: Duration::from_secs(delivery.reconcile_every_secs.max(1)),
+            window: Duration::from_secs(delivery.reconcile_window_days.max(1) * 24 * 3600),
+            settle: Duration::from_secs(30).min(confirm_within * 2),
+            confirm_within,
+            sweep_every: Duration::from_secs(delivery.sweep_every_secs.max(1)),
+            park_expiry: Duration::from_secs(delivery.park_expiry_hours.max(1) * 3600),
+        };
+        let sync = SyncClient::new(
+            client.clone(),
+            Duration::from_millis(delivery.sync_timeout_ms.max(100)),
+        );
+        let repairs = Arc::new(tokio::sync::Mutex::new(repairs_rx));
+        let (engine, replicator, report, reconnected) = (
+            engine.clone(),
+            replicator.clone(),
+            reconciliation.clone(),
+            reconnected.clone(),
+        );
+        supervisor.spawn("reconciler", move |stop| {
+            let reconciler = reconcile::Reconciler {
+                engine: engine.clone(),
+                replicator: replicator.clone(),
+                sync: sync.clone(),
+                settings: settings.clone(),
+                report: report.clone(),
+                repairs: repairs.clone(),
+                reconnected: reconnected.clone(),
+            };
+            reconciler.run(stop)
+        });
+    }
+    {
+        let pool = pool.clone();
+        let retention = Duration::from_secs(config.inbox_retention_hours * 3600);
+        let every = Duration::from_secs(config.inbox_prune_every_secs.max(1));
+        supervisor.spawn("pruner", move |stop| {
+            prune_inbox(pool.clone(), retention, every, stop)
+        });
+    }
+
+    let serving = Arc::new(AtomicBool::new(true));
     let shared = Shared {
         engine,
         stopping: CancellationToken::new(),
+        ops: Arc::new(admin::Operations {
+            supervisor: supervisor.clone(),
+            nats: client.clone(),
+            js: js.clone(),
+            durable,
+            reconciliation,
+            serving: serving.clone(),
+        }),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
+    // Health follows the background work: NOT_SERVING while a task is down.
+    {
+        let (health, stopping, serving) =
+            (health.clone(), shared.stopping.clone(), serving.clone());
+        let mut healthy = supervisor.healthy();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = healthy.changed() => if changed.is_err() { return },
+                    _ = stopping.cancelled() => return,
+                }
+                let up = *healthy.borrow_and_update();
+                serving.store(up, Ordering::Relaxed);
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status("", status).await;
+            }
+        });
+    }
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(health_service)
@@ -130,7 +303,7 @@ where
             query::Registry(shared.clone()),
         ))
         .add_service(pb::admin_service_server::AdminServiceServer::new(
-            query::Admin(shared.clone()),
+            admin::Admin(shared.clone()),
         ));
     let mounted = mount(&shared, &mut routes);
     // Reflection advertises what this tier serves, not every service of the API.
@@ -156,14 +329,19 @@ where
         .add_service(reflection().build_v1alpha()?);
 
     let stopping = shared.stopping.clone();
+    let watched = supervisor.clone();
     let signal = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = watched.failed() => {}
+        }
+        serving.store(false, Ordering::Relaxed);
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
         stopping.cancel();
     };
-    info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, "serving");
+    info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, max_event_bytes, "serving");
     tonic::transport::Server::builder()
         // One span per call, named by its method, so every log line of a call says which call it was.
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
@@ -173,43 +351,18 @@ where
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await?;
 
-    info!("grpc stopped, stopping relay and consumer");
-    background.cancel();
-    tasks.close();
-    tasks.wait().await;
+    info!("grpc stopped, stopping the background work");
+    supervisor.shutdown().await;
     if let Err(error) = tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
         warn!(%error, "nats drain timed out");
     }
     pool.close().await;
+    if let Some(failed) = supervisor.gave_up() {
+        error!(task = %failed, "stopped because a background task kept failing");
+        anyhow::bail!("background task {failed}");
+    }
     info!("stopped");
     Ok(())
-}
-
-/// Waits for the stream (NATS may come up after us), then consumes.
-async fn consume(
-    js: jetstream::Context,
-    consumer: Consumer,
-    engine: Arc<Engine>,
-    stop: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match wangge_bus::ensure_stream(&js)
-            .await
-            .and(consumer.ensure().await)
-        {
-            Ok(()) => break,
-            Err(error) => {
-                warn!(%error, "waiting for jetstream");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    consumer.run(engine::Replicator(engine), stop).await;
 }
 
 /// Removes old inbox entries now and then, so the table stays the size of the retention window.
@@ -218,16 +371,16 @@ async fn prune_inbox(
     retention: Duration,
     every: Duration,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     loop {
-        match wangge_store::cases::prune_inbox(&pool, retention).await {
+        match wangge_store::replication::prune_inbox(&pool, retention).await {
             Ok(0) => {}
             Ok(removed) => info!(removed, "old inbox entries removed"),
             Err(error) => warn!(%error, "inbox pruning failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
         }
     }
 }

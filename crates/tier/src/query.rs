@@ -274,51 +274,6 @@ impl pb::registry_service_server::RegistryService for Registry {
     }
 }
 
-/// `wangge.v1.AdminService`.
-#[derive(Debug, Clone)]
-pub struct Admin(pub Shared);
-
-#[tonic::async_trait]
-impl pb::admin_service_server::AdminService for Admin {
-    async fn get_status(
-        &self,
-        _request: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::TierStatus>, Status> {
-        let engine = &self.0.engine;
-        let mut conn = engine.pool().acquire().await.map_err(Error::from)?;
-        let (depth, oldest) = wangge_store::outbox::depth(&mut conn)
-            .await
-            .map_err(Error::from)?;
-        let (cases, dead_letters) = cases::counts(engine.pool()).await.map_err(Error::from)?;
-        Ok(Response::new(pb::TierStatus {
-            tier: engine.tier() as i32,
-            org_prefix: engine.scope().prefix().to_owned(),
-            outbox_depth: depth.max(0) as u64,
-            outbox_oldest_seconds: oldest,
-            dead_letters: dead_letters.max(0) as u64,
-            cases: cases.max(0) as u64,
-            grids: engine.grids().len() as u32,
-        }))
-    }
-
-    async fn reload_grids(
-        &self,
-        request: Request<pb::ReloadGridsRequest>,
-    ) -> Result<Response<pb::ReloadGridsResponse>, Status> {
-        let who = crate::actor::actor(&request, pb::Role::Admin)?;
-        let grids = self.0.engine.reload_grids().await.map_err(|error| {
-            tracing::error!(%error, "grid reload failed");
-            Status::failed_precondition(format!(
-                "grids could not be reloaded, the old ones stay: {error}"
-            ))
-        })?;
-        tracing::info!(actor = %who.id, grids, "grids reloaded");
-        Ok(Response::new(pb::ReloadGridsResponse {
-            grids: grids as u32,
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

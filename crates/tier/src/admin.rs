@@ -1,0 +1,284 @@
+//! `wangge.v1.AdminService`: what the operator of a tier needs to see (replication backlog,
+//! confirmations, consumer lag, parked gaps, dead letters, reconciliation, background tasks, and a
+//! plain list of what needs attention) and do (reload the grids).
+//!
+//! Status never hangs and never fails as a whole: every source has a deadline, and one that does
+//! not answer becomes a line in `problems`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tonic::{Request, Response, Status};
+use wangge_domain::case::tier_name;
+use wangge_proto as pb;
+use wangge_store::{cases, outbox, replication};
+
+use crate::Shared;
+use crate::reconcile;
+use crate::supervisor::Supervisor;
+
+/// What the admin service reports on, besides the engine.
+#[derive(Debug)]
+pub struct Operations {
+    pub supervisor: Supervisor,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    /// The durable consumer of this tier on the case stream.
+    pub durable: String,
+    pub reconciliation: Arc<Mutex<reconcile::Report>>,
+    /// What the health service says now.
+    pub serving: Arc<AtomicBool>,
+}
+
+/// How long each source of the status may take.
+const DEADLINE: Duration = Duration::from_secs(2);
+/// Beyond these, a backlog is a problem.
+const UNPUBLISHED_FOR: f64 = 60.0;
+const UNCONFIRMED_FOR: f64 = 300.0;
+const PARKED_FOR: f64 = 60.0;
+const CONSUMER_BEHIND: u64 = 10_000;
+
+/// `wangge.v1.AdminService`.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Shared);
+
+/// Runs a status query with the deadline; a failure becomes a problem and a default value.
+async fn within<T: Default>(
+    what: &str,
+    problems: &mut Vec<String>,
+    query: impl Future<Output = Result<T, wangge_store::Error>>,
+) -> T {
+    match tokio::time::timeout(DEADLINE, query).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(error)) => {
+            problems.push(format!("database ({what}): {error}"));
+            T::default()
+        }
+        Err(_) => {
+            problems.push(format!("database ({what}): no answer within {DEADLINE:?}"));
+            T::default()
+        }
+    }
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn tier_of(name: &str) -> pb::Tier {
+    match name {
+        "village" => pb::Tier::Village,
+        "street" => pb::Tier::Street,
+        "district" => pb::Tier::District,
+        _ => pb::Tier::Unspecified,
+    }
+}
+
+impl Admin {
+    async fn status(&self) -> pb::TierStatus {
+        let engine = &self.0.engine;
+        let ops = &self.0.ops;
+        let pool = engine.pool();
+        let mut problems = Vec::new();
+
+        let depth = within("outbox", &mut problems, outbox::depth(pool)).await;
+        let awaiting = within("outbox", &mut problems, outbox::awaiting_confirmation(pool)).await;
+        let dead = within(
+            "dead letters",
+            &mut problems,
+            replication::dead_letter_counts(pool),
+        )
+        .await;
+        let parked = within(
+            "parked events",
+            &mut problems,
+            replication::parked_totals(pool),
+        )
+        .await;
+        let sample = within(
+            "parked events",
+            &mut problems,
+            replication::parked_cases(pool, 20),
+        )
+        .await;
+        let case_count = within("cases", &mut problems, cases::count(pool)).await;
+        problems.dedup();
+
+        let consumer = match wangge_bus::consumer_lag(&ops.js, &ops.durable, DEADLINE).await {
+            Ok(lag) => pb::ConsumerLag {
+                known: true,
+                pending: lag.pending,
+                ack_pending: lag.ack_pending,
+                redelivered: lag.redelivered,
+                error: String::new(),
+            },
+            Err(error) => pb::ConsumerLag {
+                known: false,
+                error: error.to_string(),
+                ..Default::default()
+            },
+        };
+        let report = ops
+            .reconciliation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let tasks: Vec<pb::TaskStatus> = ops
+            .supervisor
+            .states()
+            .into_iter()
+            .map(|(name, state)| pb::TaskStatus {
+                name: name.to_owned(),
+                running: state.running,
+                restarts: state.restarts,
+                last_error: state.last_error.unwrap_or_default(),
+            })
+            .collect();
+        let serving = ops.serving.load(Ordering::Relaxed);
+        let nats_connected =
+            ops.nats.connection_state() == async_nats::connection::State::Connected;
+
+        // What needs attention, in words.
+        if !serving {
+            problems.push("health: NOT_SERVING".to_owned());
+        }
+        if !nats_connected {
+            problems.push("nats: not connected".to_owned());
+        }
+        for task in &tasks {
+            if !task.running {
+                problems.push(format!(
+                    "task {}: not running ({})",
+                    task.name, task.last_error
+                ));
+            } else if task.restarts > 0 {
+                problems.push(format!(
+                    "task {}: restarted {} times, last: {}",
+                    task.name, task.restarts, task.last_error
+                ));
+            }
+        }
+        if depth.unpublished > 0 && depth.oldest_seconds > UNPUBLISHED_FOR {
+            problems.push(format!(
+                "outbox: {} events not yet accepted by JetStream",
+                depth.unpublished
+            ));
+        }
+        for peer in &awaiting {
+            if peer.oldest_seconds > UNCONFIRMED_FOR {
+                problems.push(format!(
+                    "outbox: {} events not confirmed by the {} tier, the oldest for {:.0} s",
+                    peer.events, peer.tier, peer.oldest_seconds
+                ));
+            }
+        }
+        if !consumer.known {
+            problems.push(format!("consumer: {}", consumer.error));
+        } else if consumer.pending > CONSUMER_BEHIND {
+            problems.push(format!("consumer: {} events behind", consumer.pending));
+        }
+        if parked.events > 0 && parked.oldest_seconds > PARKED_FOR {
+            problems.push(format!(
+                "parked: {} events of {} cases wait for a predecessor, the oldest for {:.0} s",
+                parked.events, parked.cases, parked.oldest_seconds
+            ));
+        }
+        if dead.incoming > 0 {
+            problems.push(format!("{} incoming dead letters", dead.incoming));
+        }
+        if dead.outgoing > 0 {
+            problems.push(format!(
+                "{} outgoing dead letters (events set aside)",
+                dead.outgoing
+            ));
+        }
+        if let Some(error) = &report.last_error {
+            problems.push(format!("reconciliation: {error}"));
+        }
+
+        pb::TierStatus {
+            tier: engine.tier() as i32,
+            org_prefix: engine.scope().prefix().to_owned(),
+            outbox_depth: depth.events.max(0) as u64,
+            outbox_oldest_seconds: depth.oldest_seconds,
+            dead_letters: dead.incoming.max(0) as u64,
+            cases: case_count.max(0) as u64,
+            grids: engine.grids().len() as u32,
+            outbox_unpublished: depth.unpublished.max(0) as u64,
+            awaiting_confirmation: awaiting
+                .into_iter()
+                .map(|p| pb::PeerBacklog {
+                    tier: tier_of(&p.tier) as i32,
+                    events: p.events.max(0) as u64,
+                    oldest_seconds: p.oldest_seconds,
+                })
+                .collect(),
+            dead_letters_outgoing: dead.outgoing.max(0) as u64,
+            consumer: Some(consumer),
+            parked: Some(pb::ParkedGaps {
+                events: parked.events.max(0) as u64,
+                cases: parked.cases.max(0) as u64,
+                oldest_seconds: parked.oldest_seconds,
+                sample: sample
+                    .into_iter()
+                    .map(|c| pb::ParkedCase {
+                        case_id: c.case_id.to_string(),
+                        have: c.have.max(0) as u64,
+                        waiting: c.waiting.max(0) as u64,
+                        parked_seconds: c.parked_seconds,
+                    })
+                    .collect(),
+            }),
+            reconciliation: Some(pb::Reconciliation {
+                last_run: report.last_run.map(timestamp),
+                last_run_seconds: report.last_run_seconds,
+                compared: report.compared,
+                unreachable: report.unreachable,
+                cases_repaired: report.cases_repaired,
+                events_fetched: report.events_fetched,
+                confirmed: report.confirmed,
+                total_cases_repaired: report.total_cases_repaired,
+                total_events_fetched: report.total_events_fetched,
+                runs: report.runs,
+                last_error: report.last_error.unwrap_or_default(),
+            }),
+            tasks,
+            serving,
+            nats_connected,
+            problems,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Admin {
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::TierStatus>, Status> {
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn reload_grids(
+        &self,
+        request: Request<pb::ReloadGridsRequest>,
+    ) -> Result<Response<pb::ReloadGridsResponse>, Status> {
+        let who = crate::actor::actor(&request, pb::Role::Admin)?;
+        let grids = self.0.engine.reload_grids().await.map_err(|error| {
+            tracing::error!(%error, "grid reload failed");
+            Status::failed_precondition(format!(
+                "grids could not be reloaded, the old ones stay: {error}"
+            ))
+        })?;
+        tracing::info!(actor = %who.id, grids, tier = tier_name(self.0.engine.tier()), "grids reloaded");
+        Ok(Response::new(pb::ReloadGridsResponse {
+            grids: grids as u32,
+        }))
+    }
+}

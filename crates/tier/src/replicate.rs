@@ -1,0 +1,658 @@
+//! The read path: events the other tiers wrote, applied to this tier's replica.
+//!
+//! Messages come from the consumer a batch at a time and are applied in one transaction. Per event:
+//! lock the case; `seq <= version` is a duplicate (held already); `seq > version + 1` is a gap: the
+//! event is **parked** in the database (and acknowledged, so it never clogs the consumer's
+//! ack-pending window) and the reconciler is asked to fetch what is missing; otherwise the inbox key,
+//! `replay`, store, and then whatever was parked behind it. After the commit, watchers hear of the
+//! changes and the authors get **receipts** for every event this tier now holds.
+//!
+//! Poison isolation: a database that is away makes the whole batch come again later; any other
+//! failure (a refused event, a constraint, even a panic) makes the batch be applied again one message
+//! at a time, and only the failing message is set aside as a dead letter.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use prost::Message as _;
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+use tracing::{debug, error, instrument, warn};
+use uuid::Uuid;
+use wangge_bus::receipts::{Held, ReceiptSender};
+use wangge_bus::{Disposition, Handler, Message, case_subject, grid_of_subject};
+use wangge_domain::case::{self as machine, tier_name};
+use wangge_domain::{GridCode, OrgCode};
+use wangge_proto as pb;
+use wangge_proto::case_event::Kind;
+use wangge_store::cases;
+use wangge_store::replication::{self, Parked};
+
+use crate::engine::Engine;
+
+/// A case stuck at a gap, for the reconciler to fetch what is missing.
+#[derive(Debug, Clone)]
+pub struct Repair {
+    pub case_id: Uuid,
+    pub community: OrgCode,
+    /// The version held here.
+    pub have: u64,
+    /// The tier that wrote the parked event: it holds what came before.
+    pub author: pb::Tier,
+}
+
+/// Why applying failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The database is away: try the same again later.
+    Unavailable(String),
+    /// Something about the message: it must not hold up the others.
+    Message(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unavailable(e) => write!(f, "database unavailable: {e}"),
+            Failure::Message(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<wangge_store::Error> for Failure {
+    fn from(e: wangge_store::Error) -> Failure {
+        if e.is_unavailable() {
+            Failure::Unavailable(e.to_string())
+        } else {
+            Failure::Message(e.to_string())
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        Failure::from(wangge_store::Error::from(e))
+    }
+}
+
+/// What applying did, made known after the commit.
+#[derive(Debug, Default)]
+struct Effects {
+    updates: Vec<pb::CaseUpdate>,
+    held: Vec<Held>,
+    repairs: Vec<Repair>,
+    applied: usize,
+}
+
+/// One event to apply, wherever it came from.
+struct Incoming<'a> {
+    /// The subject it arrived on; none when fetched by reconciliation.
+    subject: Option<&'a str>,
+    /// The envelope as it arrived: what the park and the dead letters keep.
+    raw: Cow<'a, [u8]>,
+    event: pb::CaseEvent,
+    event_id: Uuid,
+    case_id: Uuid,
+}
+
+/// Applies replicated events; shared by the consumer and the reconciler.
+#[derive(Debug)]
+pub struct Replicator {
+    engine: Arc<Engine>,
+    receipts: ReceiptSender,
+    repairs: mpsc::Sender<Repair>,
+    /// Cases with parked events, as far as this process knows: only those need a look into the
+    /// park after an apply. The reconciler's sweep covers what another instance parked.
+    parked: Mutex<HashSet<Uuid>>,
+}
+
+impl Replicator {
+    pub fn new(
+        engine: Arc<Engine>,
+        receipts: ReceiptSender,
+        repairs: mpsc::Sender<Repair>,
+    ) -> Replicator {
+        Replicator {
+            engine,
+            receipts,
+            repairs,
+            parked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        // A poisoned set is still a set of hints.
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a batch of bus messages: in one transaction when all goes well (one commit, one
+    /// fsync, for the lot), else one by one.
+    pub async fn apply_batch(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
+        match self.in_one_transaction(messages).await {
+            Ok(effects) => {
+                self.make_known(effects).await;
+                vec![Disposition::Done; messages.len()]
+            }
+            Err(Failure::Unavailable(error)) => {
+                warn!(%error, batch = messages.len(), "database unavailable, the batch comes again");
+                vec![Disposition::Retry(Duration::from_secs(1)); messages.len()]
+            }
+            Err(Failure::Message(error)) => {
+                warn!(%error, batch = messages.len(), "a message of the batch failed, applying one by one");
+                self.one_by_one(messages).await
+            }
+        }
+    }
+
+    async fn in_one_transaction(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
+        let mut tx = self.engine.pool().begin().await?;
+        let mut effects = Effects::default();
+        for message in messages {
+            guard(self.apply_message(&mut tx, message, &mut effects)).await?;
+        }
+        tx.commit().await?;
+        Ok(effects)
+    }
+
+    async fn one_by_one(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
+        let mut dispositions = Vec::with_capacity(messages.len());
+        for message in messages {
+            let disposition = match self.in_one_transaction(std::slice::from_ref(message)).await {
+                Ok(effects) => {
+                    self.make_known(effects).await;
+                    Disposition::Done
+                }
+                Err(Failure::Unavailable(error)) => {
+                    warn!(%error, "database unavailable, the rest of the batch comes again");
+                    Disposition::Retry(Duration::from_secs(1))
+                }
+                Err(Failure::Message(reason)) => match self.set_aside_alone(message, &reason).await
+                {
+                    Ok(effects) => {
+                        self.make_known(effects).await;
+                        Disposition::Done
+                    }
+                    Err(error) => {
+                        warn!(%error, "could not keep the failing message, it comes again");
+                        Disposition::Retry(Duration::from_secs(1))
+                    }
+                },
+            };
+            let give_up = matches!(disposition, Disposition::Retry(_));
+            dispositions.push(disposition);
+            if give_up {
+                break;
+            }
+        }
+        let rest = messages.len() - dispositions.len();
+        dispositions.extend(std::iter::repeat_n(
+            Disposition::Retry(Duration::from_secs(1)),
+            rest,
+        ));
+        dispositions
+    }
+
+    /// Keeps a message that failed on its own as a dead letter, in a transaction of its own.
+    async fn set_aside_alone(
+        &self,
+        message: &Message<'_>,
+        reason: &str,
+    ) -> Result<Effects, Failure> {
+        let mut tx = self.engine.pool().begin().await?;
+        let mut effects = Effects::default();
+        let event = match pb::Envelope::decode(message.payload) {
+            Ok(pb::Envelope {
+                body: Some(pb::envelope::Body::CaseEvent(event)),
+                ..
+            }) => Some(event),
+            _ => None,
+        };
+        let grid = grid_of_subject(message.subject);
+        let held = event.as_ref().zip(grid).map(|(event, grid)| Held {
+            author: event.tier(),
+            community: grid.community(),
+            event_id: event.event_id.clone(),
+        });
+        let (event_id, case_id) = ids(event.as_ref());
+        set_aside(
+            &mut tx,
+            message.subject,
+            message.payload,
+            event_id,
+            case_id,
+            reason,
+        )
+        .await?;
+        effects.held.extend(held);
+        tx.commit().await?;
+        Ok(effects)
+    }
+
+    /// One message of a batch.
+    async fn apply_message(
+        &self,
+        tx: &mut PgConnection,
+        message: &Message<'_>,
+        effects: &mut Effects,
+    ) -> Result<(), Failure> {
+        let (subject, payload) = (message.subject, message.payload);
+        if message.delivered > 5 {
+            warn!(
+                subject,
+                delivered = message.delivered,
+                "message delivered again and again"
+            );
+        }
+        let event = match pb::Envelope::decode(payload) {
+            Ok(pb::Envelope {
+                body: Some(pb::envelope::Body::CaseEvent(event)),
+                ..
+            }) => event,
+            Ok(_) => {
+                return set_aside(
+                    tx,
+                    subject,
+                    payload,
+                    None,
+                    None,
+                    "envelope without a case event",
+                )
+                .await;
+            }
+            Err(e) => {
+                let reason = format!("undecodable envelope: {e}");
+                return set_aside(tx, subject, payload, None, None, &reason).await;
+            }
+        };
+        let (Some(event_id), Some(case_id)) = ids(Some(&event)) else {
+            return set_aside(
+                tx,
+                subject,
+                payload,
+                None,
+                None,
+                "event or case id is not a UUID",
+            )
+            .await;
+        };
+        let incoming = Incoming {
+            subject: Some(subject),
+            raw: Cow::Borrowed(payload),
+            event,
+            event_id,
+            case_id,
+        };
+        self.apply_event(tx, incoming, effects).await
+    }
+
+    /// Applies one event in the caller's transaction, or parks it, or keeps it as a dead letter.
+    async fn apply_event(
+        &self,
+        tx: &mut PgConnection,
+        incoming: Incoming<'_>,
+        effects: &mut Effects,
+    ) -> Result<(), Failure> {
+        let Incoming {
+            subject,
+            raw,
+            event,
+            event_id,
+            case_id,
+        } = incoming;
+        let case = cases::load(tx, case_id, true).await?;
+        let version = case.as_ref().map_or(0, |c| c.version);
+        let subject_grid = subject.and_then(grid_of_subject);
+        // The case's own grid: as held here, else as reported, else as the subject says.
+        let case_grid = case
+            .as_ref()
+            .and_then(|c| c.grid_code.parse::<GridCode>().ok())
+            .or_else(|| match &event.kind {
+                Some(Kind::Reported(report)) => report.grid_code.parse().ok(),
+                _ => None,
+            })
+            .or(subject_grid);
+        let subject_name = subject.map(Cow::Borrowed);
+        let Some(case_grid) = case_grid else {
+            let subject = subject_name.unwrap_or(Cow::Borrowed("sync"));
+            return set_aside(
+                tx,
+                &subject,
+                &raw,
+                Some(event_id),
+                Some(case_id),
+                "the case's grid is unknown",
+            )
+            .await;
+        };
+        let subject: Cow<'_, str> =
+            subject_name.unwrap_or_else(|| Cow::Owned(case_subject(&case_grid)));
+        if let Some(subject_grid) = subject_grid
+            && subject_grid != case_grid
+        {
+            let reason = format!(
+                "arrived on the subject of grid {subject_grid}, but the case lies in grid {case_grid}"
+            );
+            return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
+        }
+        if !self.engine.scope().contains_grid(&case_grid) {
+            let reason = format!(
+                "grid {case_grid} lies outside scope {}",
+                self.engine.scope()
+            );
+            return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
+        }
+        let held = Held {
+            author: event.tier(),
+            community: case_grid.community(),
+            event_id: event.event_id.clone(),
+        };
+        if event.seq <= version {
+            // Our own event coming back, or a copy that came another way.
+            effects.held.push(held);
+            return Ok(());
+        }
+        if event.seq > version + 1 {
+            debug!(%case_id, seq = event.seq, have = version, "event ahead of its predecessor, parked");
+            replication::park(
+                tx,
+                &Parked {
+                    event_id,
+                    case_id,
+                    seq: event.seq as i64,
+                    author_tier: tier_name(event.tier()).to_owned(),
+                    subject: subject.into_owned(),
+                    body: raw.into_owned(),
+                },
+            )
+            .await?;
+            self.parked().insert(case_id);
+            effects.repairs.push(Repair {
+                case_id,
+                community: case_grid.community(),
+                have: version,
+                author: event.tier(),
+            });
+            return Ok(());
+        }
+        if !replication::claim_inbox(tx, event_id).await? {
+            effects.held.push(held);
+            return Ok(());
+        }
+        let after = match machine::replay(case.as_ref(), &event) {
+            Ok(after) => after,
+            Err(refusal) => {
+                effects.held.push(held);
+                let reason = refusal.to_string();
+                return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
+            }
+        };
+        cases::append(tx, &after, &event).await?;
+        effects.held.push(held);
+        effects.applied += 1;
+        effects.updates.push(pb::CaseUpdate {
+            case: Some(after.clone()),
+            event: Some(event),
+        });
+        if self.parked().contains(&case_id) {
+            self.unpark_behind(tx, after, case_grid.community(), effects)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the parked events that follow `case` now, one after the other.
+    async fn unpark_behind(
+        &self,
+        tx: &mut PgConnection,
+        mut case: pb::Case,
+        community: OrgCode,
+        effects: &mut Effects,
+    ) -> Result<(), Failure> {
+        let case_id = Uuid::parse_str(&case.id).map_err(|e| Failure::Message(e.to_string()))?;
+        while let Some(parked) = replication::unpark(tx, case_id, case.version + 1).await? {
+            let event = match pb::Envelope::decode(parked.body.as_slice()) {
+                Ok(pb::Envelope {
+                    body: Some(pb::envelope::Body::CaseEvent(event)),
+                    ..
+                }) => event,
+                _ => {
+                    let reason = "parked envelope does not decode";
+                    set_aside(
+                        tx,
+                        &parked.subject,
+                        &parked.body,
+                        Some(parked.event_id),
+                        Some(case_id),
+                        reason,
+                    )
+                    .await?;
+                    break;
+                }
+            };
+            effects.held.push(Held {
+                author: event.tier(),
+                community,
+                event_id: event.event_id.clone(),
+            });
+            let after = match machine::replay(Some(&case), &event) {
+                Ok(after) => after,
+                Err(refusal) => {
+                    let reason = refusal.to_string();
+                    set_aside(
+                        tx,
+                        &parked.subject,
+                        &parked.body,
+                        Some(parked.event_id),
+                        Some(case_id),
+                        &reason,
+                    )
+                    .await?;
+                    break;
+                }
+            };
+            replication::claim_inbox(tx, parked.event_id).await?;
+            cases::append(tx, &after, &event).await?;
+            debug!(%case_id, seq = event.seq, "parked event applied");
+            effects.applied += 1;
+            effects.updates.push(pb::CaseUpdate {
+                case: Some(after.clone()),
+                event: Some(event),
+            });
+            case = after;
+        }
+        if !replication::has_parked(tx, case_id).await? {
+            self.parked().remove(&case_id);
+        }
+        Ok(())
+    }
+
+    /// After the commit: watchers hear of the changes, authors get their receipts, and cases stuck
+    /// at a gap go to the reconciler.
+    async fn make_known(&self, effects: Effects) {
+        for update in effects.updates {
+            self.engine.announce(update);
+        }
+        self.receipts.send(&effects.held).await;
+        for repair in effects.repairs {
+            // A full queue loses nothing: the sweep finds every parked case again.
+            let _ = self.repairs.try_send(repair);
+        }
+    }
+
+    /// Applies events fetched from a peer (stored bodies of one case, in order); returns how many
+    /// were new here.
+    #[instrument(skip_all, fields(events = bodies.len()))]
+    pub async fn apply_fetched(&self, bodies: &[Vec<u8>]) -> Result<usize, Failure> {
+        let mut tx = self.engine.pool().begin().await?;
+        let mut effects = Effects::default();
+        for body in bodies {
+            let event = pb::CaseEvent::decode(body.as_slice())
+                .map_err(|e| Failure::Message(format!("fetched event does not decode: {e}")))?;
+            let (Some(event_id), Some(case_id)) = ids(Some(&event)) else {
+                return Err(Failure::Message("fetched event has no valid ids".into()));
+            };
+            let raw = pb::Envelope {
+                event_id: event.event_id.clone(),
+                trace: Default::default(),
+                body: Some(pb::envelope::Body::CaseEvent(event.clone())),
+            }
+            .encode_to_vec();
+            let incoming = Incoming {
+                subject: None,
+                raw: Cow::Owned(raw),
+                event,
+                event_id,
+                case_id,
+            };
+            guard(self.apply_event(&mut tx, incoming, &mut effects)).await?;
+        }
+        tx.commit().await?;
+        let applied = effects.applied;
+        self.make_known(effects).await;
+        Ok(applied)
+    }
+
+    /// Looks after the park: applies events whose predecessor has arrived meanwhile, drops copies
+    /// the case has passed, sets aside what waited longer than `expiry`. Returns the cases still
+    /// waiting, for the reconciler to repair.
+    pub async fn sweep(&self, expiry: Duration) -> Result<Vec<Repair>, Failure> {
+        let pool = self.engine.pool();
+        for case_id in replication::ready(pool, 256).await? {
+            let mut tx = pool.begin().await?;
+            let mut effects = Effects::default();
+            if let Some(case) = cases::load(&mut tx, case_id, true).await?
+                && let Ok(grid) = case.grid_code.parse::<GridCode>()
+            {
+                guard(self.unpark_behind(&mut tx, case, grid.community(), &mut effects)).await?;
+            }
+            tx.commit().await?;
+            self.make_known(effects).await;
+        }
+
+        let mut tx = pool.begin().await?;
+        let mut effects = Effects::default();
+        for parked in replication::remove_passed(&mut tx).await? {
+            if replication::holds(&mut tx, parked.case_id, parked.seq, parked.event_id).await? {
+                if let Some(held) = held_of_parked(&parked) {
+                    effects.held.push(held);
+                }
+            } else {
+                let reason = "conflicts with the event held at its place in the case";
+                set_aside(
+                    &mut tx,
+                    &parked.subject,
+                    &parked.body,
+                    Some(parked.event_id),
+                    Some(parked.case_id),
+                    reason,
+                )
+                .await?;
+            }
+        }
+        for parked in replication::expire_parked(&mut tx, expiry).await? {
+            let reason = format!(
+                "its predecessor did not arrive within {} h",
+                expiry.as_secs() / 3600
+            );
+            set_aside(
+                &mut tx,
+                &parked.subject,
+                &parked.body,
+                Some(parked.event_id),
+                Some(parked.case_id),
+                &reason,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.make_known(effects).await;
+
+        let waiting = replication::parked_case_ids(pool).await?;
+        *self.parked() = waiting.into_iter().collect();
+        let cases = replication::parked_cases(pool, 100).await?;
+        Ok(cases
+            .into_iter()
+            .filter_map(|c| {
+                let grid = grid_of_subject(&c.subject)?;
+                Some(Repair {
+                    case_id: c.case_id,
+                    community: grid.community(),
+                    have: c.have.max(0) as u64,
+                    author: tier_named(&c.author_tier),
+                })
+            })
+            .collect())
+    }
+}
+
+fn held_of_parked(parked: &Parked) -> Option<Held> {
+    Some(Held {
+        author: tier_named(&parked.author_tier),
+        community: grid_of_subject(&parked.subject)?.community(),
+        event_id: parked.event_id.to_string(),
+    })
+}
+
+fn tier_named(name: &str) -> pb::Tier {
+    match name {
+        "village" => pb::Tier::Village,
+        "street" => pb::Tier::Street,
+        "district" => pb::Tier::District,
+        _ => pb::Tier::Unspecified,
+    }
+}
+
+fn ids(event: Option<&pb::CaseEvent>) -> (Option<Uuid>, Option<Uuid>) {
+    match event {
+        Some(event) => (
+            Uuid::parse_str(&event.event_id).ok(),
+            Uuid::parse_str(&event.case_id).ok(),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Keeps a message that cannot be applied, in the caller's transaction, and lets it go.
+async fn set_aside(
+    tx: &mut PgConnection,
+    subject: &str,
+    payload: &[u8],
+    event_id: Option<Uuid>,
+    case_id: Option<Uuid>,
+    reason: &str,
+) -> Result<(), Failure> {
+    error!(subject, event_id = ?event_id, case_id = ?case_id, reason, "message kept as a dead letter");
+    replication::dead_letter(tx, subject, payload, event_id, case_id, reason).await?;
+    Ok(())
+}
+
+/// Runs `work`, turning a panic into a failure of the message at hand.
+async fn guard<T>(work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(Failure::Message(format!("applying panicked: {message}")))
+        }
+    }
+}
+
+/// The consumer's view of the replicator.
+#[derive(Debug, Clone)]
+pub struct Consuming(pub Arc<Replicator>);
+
+impl Handler for Consuming {
+    #[instrument(skip_all, fields(batch = messages.len()))]
+    async fn handle(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
+        self.0.apply_batch(messages).await
+    }
+}

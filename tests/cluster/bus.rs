@@ -1,0 +1,453 @@
+//! Nothing lost when the bus fails: a broker that lost its store, messages removed from the stream,
+//! events whose predecessor never came, poison at either end, and a stream deleted under the tiers.
+//! After each fault every tier holds the same history, every outbox is empty (every event was
+//! confirmed by its peers) and nothing is left parked.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prost::Message as _;
+use tonic::Code;
+use wangge_proto as pb;
+use wangge_proto::Tier;
+use wangge_tests::cluster::{STREET_SCOPE, TierClients, TierHandle, VILLAGE_SCOPE, as_actor};
+use wangge_tests::db::TestDb;
+use wangge_tests::fixtures::*;
+use wangge_tests::nats::NatsServer;
+use wangge_tests::{Cluster, eventually};
+
+/// Waits until every tier confirmed and applied everything: outboxes empty, nothing parked.
+async fn settled(clients: &TierClients) -> [pb::TierStatus; 3] {
+    eventually(
+        "every outbox empty and nothing parked",
+        Duration::from_secs(30),
+        || async {
+            let mut all = Vec::new();
+            for channel in [&clients.village, &clients.street, &clients.district] {
+                let status = tier_status(channel).await;
+                let parked = status.parked.as_ref().map_or(0, |p| p.events);
+                if status.outbox_depth > 0 || parked > 0 {
+                    return None;
+                }
+                all.push(status);
+            }
+            all.try_into().ok()
+        },
+    )
+    .await
+}
+
+fn assert_no_dead_letters(statuses: &[pb::TierStatus]) {
+    for status in statuses {
+        assert_eq!(
+            (status.dead_letters, status.dead_letters_outgoing),
+            (0, 0),
+            "{:?}: {:?}",
+            status.tier(),
+            status.problems
+        );
+    }
+}
+
+/// Waits until `tier` holds `version` events of the case.
+async fn held_at(clients: &TierClients, tier: Tier, case_id: &str, version: usize) {
+    eventually(
+        &format!("case {case_id} at version {version} at {tier:?}"),
+        Duration::from_secs(15),
+        || async { (clients.history(tier, case_id).await.len() == version).then_some(()) },
+    )
+    .await;
+}
+
+/// Every message of the case stream, with its stream sequence.
+async fn stream_messages(js: &jetstream::Context) -> Vec<(u64, pb::Envelope)> {
+    let mut stream = js.get_stream("WANGGE_CASES").await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut messages = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            let payload: Vec<u8> = message.payload.to_vec();
+            if let Ok(envelope) = pb::Envelope::decode(payload.as_slice()) {
+                messages.push((seq, envelope));
+            }
+        }
+    }
+    messages
+}
+
+#[tokio::test]
+async fn a_broker_that_lost_its_store_loses_no_case() {
+    let mut cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    // The district is away while the reports wait in JetStream for it.
+    cluster.district.stop().await.unwrap();
+    let mut cases = Vec::new();
+    for _ in 0..5 {
+        cases.push(report_case(&clients, GRID).await);
+    }
+    for case in &cases {
+        held_at(&clients, Tier::Street, &case.id, 1).await;
+    }
+
+    // The broker comes back with an empty disk: stream, consumers and the waiting events are gone.
+    cluster.nats.restart_empty().await;
+    cluster.district.resume().await;
+    for _ in 0..5 {
+        cases.push(report_case(&clients, OTHER_GRID).await);
+    }
+    for case in &cases {
+        clients.converged(&case.id, 1).await;
+    }
+    assert_no_dead_letters(&settled(&clients).await);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn messages_removed_from_the_stream_are_delivered_all_the_same() {
+    let mut cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    cluster.district.stop().await.unwrap();
+    let mut cases = Vec::new();
+    for _ in 0..3 {
+        cases.push(report_case(&clients, GRID).await);
+    }
+    for case in &cases {
+        held_at(&clients, Tier::Street, &case.id, 1).await;
+    }
+    // Someone removes the messages before the district read them.
+    let js = cluster.nats.case_stream().await;
+    let stream = js.get_stream("WANGGE_CASES").await.unwrap();
+    for (seq, _) in stream_messages(&js).await {
+        assert!(stream.delete_message(seq).await.unwrap());
+    }
+    cluster.district.resume().await;
+    for case in &cases {
+        clients.converged(&case.id, 1).await;
+    }
+    assert_no_dead_letters(&settled(&clients).await);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_whose_predecessor_was_lost_is_parked_and_repaired_from_its_owner() {
+    let mut cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    cluster.district.stop().await.unwrap();
+    let case = report_case(&clients, GRID).await;
+    held_at(&clients, Tier::Street, &case.id, 1).await;
+    clients
+        .street_console()
+        .accept_case(as_actor(
+            STREET_OPERATOR,
+            pb::CaseActionRequest {
+                case_id: case.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    held_at(&clients, Tier::Village, &case.id, 2).await;
+    // The report's message is lost before the district read it; the acceptance is not.
+    let js = cluster.nats.case_stream().await;
+    let stream = js.get_stream("WANGGE_CASES").await.unwrap();
+    for (seq, envelope) in stream_messages(&js).await {
+        if let Some(pb::envelope::Body::CaseEvent(event)) = envelope.body
+            && event.case_id == case.id
+            && event.seq == 1
+        {
+            assert!(stream.delete_message(seq).await.unwrap());
+        }
+    }
+
+    cluster.district.resume().await;
+    // Other cases flow while this one waits for its repair.
+    let other = report_case(&clients, OTHER_GRID).await;
+    clients.converged(&other.id, 1).await;
+    let history = clients.converged(&case.id, 2).await;
+    assert_eq!(history[0].seq, 1);
+    let statuses = settled(&clients).await;
+    let repaired = statuses[2].reconciliation.as_ref().unwrap();
+    assert!(
+        repaired.total_cases_repaired >= 1 && repaired.total_events_fetched >= 1,
+        "the district fetched the missing report from a peer: {repaired:?}"
+    );
+    assert_no_dead_letters(&statuses);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn events_whose_predecessor_never_comes_are_parked_and_never_stop_other_cases() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let js = cluster.nats.case_stream().await;
+    // More orphans than the consumer may have unacknowledged: none of them may hold it up.
+    const ORPHANS: usize = 4200;
+    let mut acks = Vec::with_capacity(ORPHANS);
+    for _ in 0..ORPHANS {
+        let [_, accepted] = authored_pair().try_into().unwrap();
+        let envelope = pb::Envelope {
+            event_id: accepted.event_id.clone(),
+            trace: Default::default(),
+            body: Some(pb::envelope::Body::CaseEvent(accepted)),
+        };
+        acks.push(
+            js.publish(
+                "wg.case.350205.002.006.001",
+                envelope.encode_to_vec().into(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let case = report_case(&clients, OTHER_GRID).await;
+    clients.converged(&case.id, 1).await;
+
+    let status = eventually(
+        "every orphan parked at the street",
+        Duration::from_secs(60),
+        || async {
+            let status = tier_status(&clients.street).await;
+            (status.parked.as_ref()?.events == ORPHANS as u64).then_some(status)
+        },
+    )
+    .await;
+    let parked = status.parked.unwrap();
+    assert_eq!(parked.cases, ORPHANS as u64);
+    assert_eq!(parked.sample.len(), 20);
+    assert!(parked.sample.iter().all(|c| c.have == 0 && c.waiting == 2));
+    let consumer = status.consumer.unwrap();
+    assert!(consumer.known, "{consumer:?}");
+    assert_eq!(consumer.ack_pending, 0, "parked events are acknowledged");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_that_fails_in_the_database_is_set_aside_alone() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let existing = report_case(&clients, GRID).await;
+    clients.converged(&existing.id, 1).await;
+    let js = cluster.nats.case_stream().await;
+
+    // A report under a case number that is taken: the database refuses it (unique number), the
+    // state machine would not. Valid events travel with it, in the same batches.
+    let mut valid = Vec::new();
+    for i in 0..6 {
+        let [mut reported, _] = authored_pair().try_into().unwrap();
+        if i == 3 {
+            if let Some(pb::case_event::Kind::Reported(report)) = &mut reported.kind {
+                report.number = existing.number.clone();
+            }
+            publish_event(&js, GRID, &reported).await;
+            continue;
+        }
+        publish_event(&js, GRID, &reported).await;
+        valid.push(reported);
+    }
+    for event in &valid {
+        clients.converged(&event.case_id, 1).await;
+    }
+    for channel in [&clients.village, &clients.street, &clients.district] {
+        let status = eventually("the dead letter", Duration::from_secs(15), || async {
+            let status = tier_status(channel).await;
+            (status.dead_letters == 1).then_some(status)
+        })
+        .await;
+        assert!(
+            status
+                .problems
+                .iter()
+                .any(|p| p.contains("1 incoming dead letters")),
+            "{:?}",
+            status.problems
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_published_is_set_aside_and_the_rest_flows() {
+    wangge_tests::init_logs();
+    let nats = NatsServer::start().await;
+    let db = TestDb::seeded("village").await;
+    let village = TierHandle::start_with(Tier::Village, VILLAGE_SCOPE, &nats.url(), db, |config| {
+        config.delivery.max_publish_failures = 2;
+    })
+    .await;
+    let channel = village.channel().await;
+    nats.case_stream().await;
+    // Rows an older version (or a changed broker) left behind: one too large for NATS, one on a
+    // subject no stream takes.
+    let pool = village.db.pool().await;
+    for (subject, bytes) in [
+        ("wg.case.350205.002.006.001", 2 * 1024 * 1024),
+        ("wg.stray.350205", 100),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, case_id, seq, subject, body, pending_tiers)
+             VALUES ($1, $2, 1, $3, $4, '{street}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(uuid::Uuid::now_v7())
+        .bind(subject)
+        .bind(vec![0u8; bytes])
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut field = pb::field_app_service_client::FieldAppServiceClient::new(channel.clone());
+    let case = field
+        .report_case(as_actor(GRID_WORKER, report(&client_id(), GRID)))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = eventually("both set aside", Duration::from_secs(20), || async {
+        let status = tier_status(&channel).await;
+        (status.dead_letters_outgoing == 2 && status.outbox_unpublished == 0).then_some(status)
+    })
+    .await;
+    // The report behind them went out (and waits for the street, which is not running).
+    assert_eq!(status.outbox_depth, 1, "{status:?}");
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM dead_letters WHERE direction = 'outgoing'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        reasons.iter().any(|r| r.contains("max payload")),
+        "{reasons:?}"
+    );
+    let js = nats.case_stream().await;
+    let delivered = stream_messages(&js).await;
+    assert!(delivered.iter().any(|(_, e)| matches!(
+        &e.body,
+        Some(pb::envelope::Body::CaseEvent(event)) if event.case_id == case.id
+    )));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_step_whose_event_could_not_travel_is_refused_before_anything_is_stored() {
+    wangge_tests::init_logs();
+    let nats = NatsServer::start().await;
+    let db = TestDb::seeded("village").await;
+    let village = TierHandle::start_with(Tier::Village, VILLAGE_SCOPE, &nats.url(), db, |config| {
+        config.delivery.max_event_bytes = 2000;
+    })
+    .await;
+    let channel = village.channel().await;
+    let mut field = pb::field_app_service_client::FieldAppServiceClient::new(channel.clone());
+    let mut request = report(&client_id(), GRID);
+    request.description = "路边暴露垃圾".repeat(150);
+    let status = field
+        .report_case(as_actor(GRID_WORKER, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("description:") && status.message().contains("2000 bytes"),
+        "{status:?}"
+    );
+    let after = tier_status(&channel).await;
+    assert_eq!((after.cases, after.outbox_depth), (0, 0), "nothing stored");
+    // A report that fits goes through.
+    field
+        .report_case(as_actor(GRID_WORKER, report(&client_id(), GRID)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_deleted_under_the_tiers_is_made_again() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let first = report_case(&clients, GRID).await;
+    clients.converged(&first.id, 1).await;
+    let js = cluster.nats.case_stream().await;
+    js.delete_stream("WANGGE_CASES").await.unwrap();
+    let second = report_case(&clients, GRID).await;
+    clients.converged(&second.id, 1).await;
+    eventually(
+        "the stream and three consumers again",
+        Duration::from_secs(15),
+        || async {
+            let mut stream = js.get_stream("WANGGE_CASES").await.ok()?;
+            (stream.info().await.ok()?.state.consumer_count == 3).then_some(())
+        },
+    )
+    .await;
+    assert_no_dead_letters(&settled(&clients).await);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_street_with_its_own_database_is_filled_by_reconciliation() {
+    // A street replica that joins late, after the stream forgot everything: reconciliation alone
+    // brings it up to date from its peers.
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let mut cases = Vec::new();
+    for _ in 0..4 {
+        cases.push(report_case(&clients, GRID).await);
+    }
+    for case in &cases {
+        clients.converged(&case.id, 1).await;
+    }
+    let js = cluster.nats.case_stream().await;
+    js.get_stream("WANGGE_CASES")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let db = TestDb::seeded("street_late").await;
+    let late = TierHandle::start_with(
+        Tier::Street,
+        STREET_SCOPE,
+        &cluster.nats.url(),
+        db,
+        |config| {
+            config.consumer_name = Some("street-late".into());
+        },
+    )
+    .await;
+    let channel = late.channel().await;
+    let mut query = pb::case_query_service_client::CaseQueryServiceClient::new(channel.clone());
+    for case in &cases {
+        let id = case.id.clone();
+        eventually(
+            "the late street to hold the case",
+            Duration::from_secs(30),
+            || {
+                let mut query = query.clone();
+                let id = id.clone();
+                async move {
+                    query
+                        .list_case_events(pb::ListCaseEventsRequest { case_id: id })
+                        .await
+                        .ok()
+                        .map(|events| events.into_inner().events)
+                }
+            },
+        )
+        .await;
+        let late_history = query
+            .list_case_events(pb::ListCaseEventsRequest {
+                case_id: case.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert_eq!(late_history, clients.history(Tier::Village, &case.id).await);
+    }
+    let status = tier_status(&channel).await;
+    assert!(
+        status.reconciliation.unwrap().total_cases_repaired >= 4,
+        "filled by reconciliation"
+    );
+    cluster.stop().await;
+}
