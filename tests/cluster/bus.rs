@@ -451,3 +451,210 @@ async fn a_second_street_with_its_own_database_is_filled_by_reconciliation() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn wangge_status_reports_every_tier_even_when_one_hangs_and_one_is_gone() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
+    settled(&clients).await;
+    // A tier that accepts connections and never answers (SIGSTOPped), and one that is gone.
+    let paused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let paused_addr = paused.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = paused.accept().await {
+            held.push(socket);
+        }
+    });
+    let gone = format!("http://127.0.0.1:{}", wangge_tests::free_port());
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new(wangge_tests::process::workspace_binary("wangge"))
+        .args(["status", "--timeout-ms", "1500"])
+        .arg(format!("http://{}", cluster.village.addr))
+        .arg(format!("http://{paused_addr}"))
+        .arg(&gone)
+        .arg(format!("http://{}", cluster.district.addr))
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a tier did not answer: {text}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "bounded by the deadline: {took:?}"
+    );
+    assert!(text.contains("village 350205002  ok"), "{text}");
+    assert!(text.contains("district 350205  ok"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "http://{paused_addr}  DOWN  no answer within 1500 ms"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{gone}  DOWN  unreachable")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tasks: answers up, consumer up, pruner up, receipts up, reconciler up, relay up"
+        ),
+        "{text}"
+    );
+    holder.abort();
+    cluster.stop().await;
+}
+
+/// A small deterministic generator (xorshift), so a failing input can be found again.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Checks that a tier's tables agree: every case's version is its number of events, every stored
+/// event and snapshot decodes, every inbox entry is an applied event.
+async fn assert_whole(db: &TestDb) {
+    let pool = db.pool().await;
+    let torn: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cases c
+         WHERE c.version <> (SELECT count(*) FROM case_events e WHERE e.case_id = c.id)
+            OR c.version <> (SELECT max(seq) FROM case_events e WHERE e.case_id = c.id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        torn, 0,
+        "{}: cases whose version and events disagree",
+        db.name
+    );
+    let strays: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbox i WHERE NOT EXISTS (SELECT 1 FROM case_events e WHERE e.event_id = i.event_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(strays, 0, "{}: inbox entries without their event", db.name);
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM case_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for body in bodies {
+        pb::CaseEvent::decode(body.as_slice()).expect("stored events decode");
+    }
+    let snapshots: Vec<Vec<u8>> = sqlx::query_scalar("SELECT snapshot FROM cases")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for snapshot in snapshots {
+        pb::Case::decode(snapshot.as_slice()).expect("stored snapshots decode");
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn arbitrary_messages_on_the_bus_never_break_a_tier() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let js = cluster.nats.case_stream().await;
+    let seed = std::env::var("WANGGE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15_u64);
+    let mut noise = Noise(seed);
+    let valid = authored_pair();
+    let mut acks = Vec::new();
+    for i in 0..600 {
+        let payload = match i % 4 {
+            // Pure noise.
+            0 => {
+                let len = noise.below(300) as usize;
+                noise.bytes(len)
+            }
+            // A real envelope, cut short or with bytes flipped.
+            1 | 2 => {
+                let event = valid[noise.below(2) as usize].clone();
+                let mut bytes = pb::Envelope {
+                    event_id: event.event_id.clone(),
+                    trace: Default::default(),
+                    body: Some(pb::envelope::Body::CaseEvent(event)),
+                }
+                .encode_to_vec();
+                if i % 4 == 1 {
+                    bytes.truncate(noise.below(bytes.len() as u64) as usize);
+                } else {
+                    for _ in 0..=noise.below(4) {
+                        let at = noise.below(bytes.len() as u64) as usize;
+                        bytes[at] ^= noise.next() as u8 | 1;
+                    }
+                }
+                bytes
+            }
+            // Well-formed events that lie: random sequence numbers, tiers, states and owners.
+            _ => {
+                let mut event = valid[noise.below(2) as usize].clone();
+                event.seq = noise.below(5);
+                event.tier = noise.below(5) as i32;
+                event.state_after = noise.below(25) as i32;
+                if noise.below(2) == 0 {
+                    event.case_id =
+                        uuid::Uuid::from_u64_pair(noise.next(), noise.next()).to_string();
+                }
+                if noise.below(3) == 0 {
+                    event.event_id = format!("{:x}", noise.next());
+                }
+                pb::Envelope {
+                    event_id: event.event_id.clone(),
+                    trace: Default::default(),
+                    body: Some(pb::envelope::Body::CaseEvent(event)),
+                }
+                .encode_to_vec()
+            }
+        };
+        let subject = if noise.below(5) == 0 {
+            "wg.case.350205.002.007.001"
+        } else {
+            "wg.case.350205.002.006.001"
+        };
+        acks.push(js.publish(subject, payload.into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let marker = report_case(&clients, GRID).await;
+    clients.converged(&marker.id, 1).await;
+    for (channel, db) in [
+        (&clients.village, &cluster.village.db),
+        (&clients.street, &cluster.street.db),
+        (&clients.district, &cluster.district.db),
+    ] {
+        let status = tier_status(channel).await;
+        assert!(status.serving, "{:?}", status.problems);
+        assert!(
+            status.tasks.iter().all(|t| t.running && t.restarts == 0),
+            "{:?}",
+            status.tasks
+        );
+        assert_whole(db).await;
+    }
+    cluster.stop().await;
+}

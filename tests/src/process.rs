@@ -18,6 +18,11 @@ pub fn binary(tier: Tier) -> PathBuf {
         Tier::Street => "wangge-street",
         _ => "wangge-district",
     };
+    workspace_binary(name)
+}
+
+/// A binary of the workspace (`wangge`, `wangge-seed`, a tier), as `cargo build --bins` left it.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let dir = match std::env::var("WANGGE_BIN_DIR") {
         Ok(dir) => PathBuf::from(dir),
         // target/debug/deps/cluster-<hash> -> target/debug

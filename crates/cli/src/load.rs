@@ -35,7 +35,7 @@ pub struct Args {
     no_wait: bool,
 }
 
-pub async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
+pub(crate) async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
     let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
     Ok(admin
         .get_status(pb::GetStatusRequest {})

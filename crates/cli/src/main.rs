@@ -4,6 +4,7 @@
 
 mod demo;
 mod load;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +21,10 @@ enum Command {
     Demo(demo::Args),
     /// Sends a burst of reports and prints intake rate, latency and time to reach every tier.
     Load(load::Args),
-    /// Prints each tier's replication status: outbox depth and age, dead letters, cases.
-    Status {
-        #[arg(default_values_t = ["http://127.0.0.1:50051".to_owned(), "http://127.0.0.1:50052".to_owned(), "http://127.0.0.1:50053".to_owned()])]
-        tiers: Vec<String>,
-    },
+    /// Prints every tier's replication health (each with a deadline; a tier that does not answer
+    /// is reported, not waited for). Exit code 0: all well, 1: a tier reports a problem, 2: a tier
+    /// did not answer.
+    Status(status::Args),
 }
 
 #[tokio::main]
@@ -32,23 +32,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(args).await,
         Command::Load(args) => load::run(args).await,
-        Command::Status { tiers } => {
-            for url in tiers {
-                let channel = tonic::transport::Channel::from_shared(url.clone())?
-                    .connect()
-                    .await?;
-                let s = load::status(&channel).await?;
-                println!(
-                    "{url} {:?} {}: {} cases, outbox {} (oldest {:.1} s), {} dead letters",
-                    s.tier(),
-                    s.org_prefix,
-                    s.cases,
-                    s.outbox_depth,
-                    s.outbox_oldest_seconds,
-                    s.dead_letters
-                );
-            }
-            Ok(())
-        }
+        Command::Status(args) => std::process::exit(status::run(args).await),
     }
 }

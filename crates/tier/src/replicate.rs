@@ -379,10 +379,6 @@ impl Replicator {
             });
             return Ok(());
         }
-        if !replication::claim_inbox(tx, event_id).await? {
-            effects.held.push(held);
-            return Ok(());
-        }
         let after = match machine::replay(case.as_ref(), &event) {
             Ok(after) => after,
             Err(refusal) => {
@@ -391,6 +387,11 @@ impl Replicator {
                 return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
             }
         };
+        // Claimed only for an event that is applied: a refused copy must not shadow a good one.
+        if !replication::claim_inbox(tx, event_id).await? {
+            effects.held.push(held);
+            return Ok(());
+        }
         cases::append(tx, &after, &event).await?;
         effects.held.push(held);
         effects.applied += 1;
