@@ -57,7 +57,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().starts_with("attachments.id:"),
+        status.message().starts_with("attachments[0].id:"),
         "{status:?}"
     );
     let status = field
