@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod case_loop;
+mod client_errors;
 mod delivery;
 mod edges;

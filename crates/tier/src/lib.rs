@@ -7,6 +7,8 @@ pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
+#[cfg(test)]
+mod proptests;
 pub mod query;
 pub mod request;
 pub mod shutdown;
