@@ -60,3 +60,23 @@ pub async fn claim(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_matches_its_own_digest_and_old_keys_match_any() {
+        let key = IntakeKey {
+            case_id: Uuid::nil(),
+            payload_digest: Some(vec![7; 32]),
+        };
+        assert!(key.matches(&[7; 32]));
+        assert!(!key.matches(&[8; 32]));
+        let old = IntakeKey {
+            case_id: Uuid::nil(),
+            payload_digest: None,
+        };
+        assert!(old.matches(&[8; 32]));
+    }
+}

@@ -459,7 +459,6 @@ proptest! {
     #[test]
     fn text_checks_never_panic_and_keep_their_promises(value in text(), max in 0usize..3000) {
         for (result, multi_line, needed) in [
-            (line("f", &value, max), false, true),
             (optional_line("f", &value, max), false, false),
             (free_text("f", &value, max), true, true),
             (optional_free_text("f", &value, max), true, false),

@@ -135,15 +135,6 @@ fn named(
     result.map_err(|message| Error::invalid(field, message))
 }
 
-/// Required single-line text (a name, a resolution in a line).
-pub fn line(
-    field: impl Into<Cow<'static, str>>,
-    value: &str,
-    max_chars: usize,
-) -> Result<String, Error> {
-    named(field, required(text(value, max_chars, Lines::One)))
-}
-
 /// Optional single-line text (a caption): empty when blank.
 pub fn optional_line(
     field: impl Into<Cow<'static, str>>,
@@ -525,15 +516,17 @@ mod tests {
 
     #[test]
     fn text_refuses_control_characters_and_keeps_line_breaks_in_free_text() {
-        assert!(line("f", "a\u{0}b", 10).is_err());
-        assert!(line("f", "a\nb", 10).is_err());
-        assert!(line("f", "a\u{2028}b", 10).is_err());
-        assert!(line("f", "a\u{7f}b", 10).is_err());
-        assert!(line("f", "a\u{85}b", 10).is_err());
+        assert!(optional_line("f", "a\u{0}b", 10).is_err());
+        assert!(optional_line("f", "a\nb", 10).is_err());
+        assert!(optional_line("f", "a\u{2028}b", 10).is_err());
+        assert!(optional_line("f", "a\u{7f}b", 10).is_err());
+        assert!(optional_line("f", "a\u{85}b", 10).is_err());
         assert_eq!(free_text("f", "a\r\nb\tc", 10).unwrap(), "a\nb\tc");
         assert!(free_text("f", "a\rb", 10).is_err());
         assert!(free_text("f", "a\u{1b}[31m", 10).is_err());
-        let error = line("description", "x\u{0}", 10).unwrap_err().to_string();
+        let error = free_text("description", "x\u{0}", 10)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("description: control character U+0000"),
             "{error}"
@@ -554,15 +547,21 @@ mod tests {
             assert_eq!(field_of(free_text("description", blank, 10)), "description");
             assert_eq!(optional_free_text("note", blank, 10).unwrap(), "");
         }
-        assert_eq!(line("f", "\u{FEFF} 路灯 \u{200B}", 10).unwrap(), "路灯");
+        assert_eq!(
+            free_text("f", "\u{FEFF} 路灯 \u{200B}", 10).unwrap(),
+            "路灯"
+        );
         // Inside text, a zero-width joiner belongs to an emoji sequence.
-        assert_eq!(line("f", "👨\u{200D}👩", 10).unwrap(), "👨\u{200D}👩");
+        assert_eq!(
+            optional_line("f", "👨\u{200D}👩", 10).unwrap(),
+            "👨\u{200D}👩"
+        );
     }
 
     #[test]
     fn lengths_count_characters_not_bytes() {
-        assert!(line("f", &"路".repeat(10), 10).is_ok());
-        assert!(line("f", &"路".repeat(11), 10).is_err());
+        assert!(free_text("f", &"路".repeat(10), 10).is_ok());
+        assert!(free_text("f", &"路".repeat(11), 10).is_err());
     }
 
     #[test]
