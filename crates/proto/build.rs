@@ -1,4 +1,8 @@
 //! Compiles `proto/` with protox (no system `protoc`) and writes the descriptor set for reflection.
+//!
+//! Two passes over the same descriptors: the messages and the servers, whose codec refuses an
+//! undecodable request with INVALID_ARGUMENT (`wangge_proto::codec`), then the clients alone, with
+//! tonic's own codec, into `client/`, referring to the messages of the first pass.
 
 use std::{env, fs, path::PathBuf};
 
@@ -19,8 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
-        .build_client(true)
+        .build_client(false)
         .build_server(true)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(descriptors.clone())?;
+    let clients = out.join("client");
+    fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .extern_path(".wangge.v1", "crate::v1")
+        .out_dir(&clients)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -313,7 +313,7 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, OTHER_GRID).await;
-    // Replication is asynchronous: the street acts once it holds the report.
+    // The street acts at once: let it hold the report first.
     clients.converged(&case.id, 1).await;
     let mut street = clients.street_console();
     let case = street
@@ -422,6 +422,7 @@ async fn a_returned_case_is_dispatched_again() {
         .clone();
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
+    // The street acts at once: let it hold the report first.
     clients.converged(&case.id, 1).await;
     console
         .accept_case(as_actor(STREET_OPERATOR, action(&case, "")))
@@ -502,6 +503,7 @@ async fn illegal_steps_are_refused_and_change_nothing() {
     let department = street_department(&departments, "城管");
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
+    // The street acts at once: let it hold the report first.
     clients.converged(&case.id, 1).await;
 
     // Dispatching before filing, checking before handling, closing what was never checked.

@@ -57,7 +57,7 @@ async fn bad_input_is_refused_with_a_status_naming_the_field() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status.message().starts_with("attachments.id:"),
+        status.message().starts_with("attachments[0].id:"),
         "{status:?}"
     );
     let status = field
@@ -286,69 +286,31 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("no service list");
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    // Every listed service is described, with every file it depends on, over both protocols, as
+    // a client that describes everything (grpcurl describe, Postman) does.
+    let listed = describe_everything_v1(channel.clone()).await;
     for expected in [
         "wangge.v1.CommandConsoleService",
         "wangge.v1.DepartmentService",
         "wangge.v1.CaseQueryService",
         "wangge.v1.RegistryService",
+        "wangge.v1.AdminService",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ] {
         assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} in {names:?}"
+            listed.iter().any(|n| n == expected),
+            "{expected} in {listed:?}"
         );
     }
     assert!(
-        !names.iter().any(|n| n == "wangge.v1.FieldAppService"),
-        "the street does not serve the field app: {names:?}"
+        !listed.iter().any(|n| n == "wangge.v1.FieldAppService"),
+        "the street does not serve the field app: {listed:?}"
     );
-
-    // The older reflection protocol too, which grpcurl before 1.8.8 speaks.
-    {
-        use tonic_reflection::pb::v1alpha::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest,
-        };
-        let mut reflection = ServerReflectionClient::new(street.channel().await);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = reflection
-            .server_reflection_info(futures::stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(
-            responses
-                .next()
-                .await
-                .unwrap()
-                .unwrap()
-                .message_response
-                .is_some()
-        );
-    }
+    // The older protocol too, which grpcurl before 1.8.8 speaks.
+    let listed_alpha = describe_everything_v1alpha(channel).await;
+    assert_eq!(listed_alpha, listed);
 
     let response = grpc_web_get_scope(street.addr).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -359,6 +321,73 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
     let exit = street.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "graceful exit after SIGTERM: {exit:?}");
 }
+
+/// A function that lists the services over one reflection protocol, describes each listed service
+/// (`file_containing_symbol`) and loads every file the answers depend on (`file_by_filename`),
+/// failing on any error; returns the listed names.
+macro_rules! describe_everything {
+    ($name:ident, $protocol:ident) => {
+        async fn $name(channel: tonic::transport::Channel) -> Vec<String> {
+            use prost::Message as _;
+            use tonic_reflection::pb::$protocol::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let mut client = ServerReflectionClient::new(channel);
+            let mut ask = async |request: MessageRequest| {
+                let request = ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(request.clone()),
+                };
+                let mut responses = client
+                    .server_reflection_info(futures::stream::iter([request]))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                responses
+                    .next()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .message_response
+                    .unwrap()
+            };
+            let MessageResponse::ListServicesResponse(list) =
+                ask(MessageRequest::ListServices(String::new())).await
+            else {
+                panic!("no service list");
+            };
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            let mut wanted: Vec<MessageRequest> = names
+                .iter()
+                .map(|n| MessageRequest::FileContainingSymbol(n.clone()))
+                .collect();
+            let mut loaded = std::collections::BTreeSet::new();
+            while let Some(request) = wanted.pop() {
+                let MessageResponse::FileDescriptorResponse(files) = ask(request.clone()).await
+                else {
+                    panic!("{} {request:?}: no file descriptor", stringify!($protocol));
+                };
+                assert!(!files.file_descriptor_proto.is_empty(), "{request:?}");
+                for bytes in files.file_descriptor_proto {
+                    let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap();
+                    loaded.insert(file.name().to_owned());
+                    for dependency in file.dependency {
+                        if !loaded.contains(&dependency) {
+                            wanted.push(MessageRequest::FileByFilename(dependency));
+                        }
+                    }
+                }
+            }
+            names
+        }
+    };
+}
+
+describe_everything!(describe_everything_v1, v1);
+describe_everything!(describe_everything_v1alpha, v1alpha);
 
 /// Runs a tier binary with `--dump-config`, the given flags and only the given environment (a
 /// developer's own `WANGGE_*` must not leak in).

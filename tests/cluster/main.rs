@@ -5,5 +5,6 @@
 
 mod bus;
 mod case_loop;
+mod client_errors;
 mod delivery;
 mod edges;

@@ -2,9 +2,14 @@
 
 #![allow(clippy::all, clippy::unwrap_used, missing_docs)]
 
+pub mod codec;
+
 /// Package `wangge.v1`.
 pub mod v1 {
+    // Messages and servers (with `codec::RequestCodec`).
     tonic::include_proto!("wangge.v1");
+    // Clients (with tonic's prost codec).
+    include!(concat!(env!("OUT_DIR"), "/client/wangge.v1.rs"));
 }
 
 /// The encoded file descriptor set of every wangge proto, for gRPC reflection.

@@ -1,4 +1,4 @@
-//! The case log: events, the projection they lead to, report numbers and the idempotency keys.
+//! The case log: events, the projection they lead to, report numbers, the inbox and dead letters.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use prost::Message;
@@ -48,16 +48,6 @@ pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Optio
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<pb::Case>> {
     let mut conn = pool.acquire().await?;
     load(&mut conn, id, false).await
-}
-
-/// The case a field app's report created, by the app's own id.
-pub async fn by_client_id(conn: &mut PgConnection, client_id: &str) -> Result<Option<pb::Case>> {
-    let row: Option<Stored> =
-        sqlx::query_as("SELECT snapshot AS body FROM cases WHERE client_id = $1")
-            .bind(client_id)
-            .fetch_optional(conn)
-            .await?;
-    row.map(|r| decode_case(&r.body)).transpose()
 }
 
 /// Stores an event and the projection it led to. The first event inserts the case.

@@ -1,6 +1,9 @@
 //! Reads of the registry (org tree, grids, categories, departments, workers), as seeded.
+//!
+//! Rows decode into `FromRow` structs: a column that drifted (renamed, retyped) is an error of the
+//! query, not a panic in the middle of a request.
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use wangge_proto as pb;
 
 use crate::Result;
@@ -15,33 +18,43 @@ fn level(name: &str) -> pb::OrgLevel {
     }
 }
 
-fn org(row: &sqlx::postgres::PgRow) -> pb::Org {
-    pb::Org {
-        code: row.get("code"),
-        name: row.get("name"),
-        level: level(row.get("level")) as i32,
-        parent_code: row
-            .get::<Option<String>, _>("parent_code")
-            .unwrap_or_default(),
+#[derive(Debug, sqlx::FromRow)]
+struct OrgRow {
+    code: String,
+    name: String,
+    level: String,
+    parent_code: Option<String>,
+}
+
+impl From<OrgRow> for pb::Org {
+    fn from(row: OrgRow) -> pb::Org {
+        pb::Org {
+            code: row.code,
+            name: row.name,
+            level: level(&row.level) as i32,
+            parent_code: row.parent_code.unwrap_or_default(),
+        }
     }
 }
 
 pub async fn org_by_code(pool: &PgPool, code: &str) -> Result<Option<pb::Org>> {
-    let row = sqlx::query("SELECT code, name, level, parent_code FROM orgs WHERE code = $1")
-        .bind(code)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.as_ref().map(org))
+    let row = sqlx::query_as::<_, OrgRow>(
+        "SELECT code, name, level, parent_code FROM orgs WHERE code = $1",
+    )
+    .bind(code)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(pb::Org::from))
 }
 
 pub async fn children(pool: &PgPool, parent: &str) -> Result<Vec<pb::Org>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, OrgRow>(
         "SELECT code, name, level, parent_code FROM orgs WHERE parent_code = $1 ORDER BY code",
     )
     .bind(parent)
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(org).collect())
+    Ok(rows.into_iter().map(pb::Org::from).collect())
 }
 
 /// A grid and its boundary as GeoJSON geometry text.
@@ -51,25 +64,34 @@ pub struct GridRow {
     pub boundary: String,
 }
 
+#[derive(Debug, sqlx::FromRow)]
+struct GridColumns {
+    code: String,
+    name: String,
+    community_code: String,
+    households: i32,
+    boundary: String,
+}
+
 /// The grids whose code starts with `prefix`.
 pub async fn grids(pool: &PgPool, prefix: &str) -> Result<Vec<GridRow>> {
-    let rows = sqlx::query(
-        "SELECT code, name, community_code, households, boundary::text FROM grids
+    let rows = sqlx::query_as::<_, GridColumns>(
+        "SELECT code, name, community_code, households, boundary::text AS boundary FROM grids
          WHERE code LIKE $1 || '%' ORDER BY code",
     )
     .bind(prefix)
     .fetch_all(pool)
     .await?;
     Ok(rows
-        .iter()
+        .into_iter()
         .map(|r| GridRow {
             grid: pb::Grid {
-                code: r.get(0),
-                name: r.get(1),
-                community_code: r.get(2),
-                households: r.get::<i32, _>(3).max(0) as u32,
+                code: r.code,
+                name: r.name,
+                community_code: r.community_code,
+                households: r.households.max(0) as u32,
             },
-            boundary: r.get(4),
+            boundary: r.boundary,
         })
         .collect())
 }
@@ -90,8 +112,35 @@ fn limit(amount: Option<i32>, unit_name: Option<&str>) -> Option<pb::TimeLimit> 
     })
 }
 
+#[derive(Debug, sqlx::FromRow)]
+struct CategoryRow {
+    code: String,
+    scheme: String,
+    name: String,
+    parent_code: Option<String>,
+    department_kind: String,
+    accept_limit: Option<i32>,
+    accept_limit_unit: Option<String>,
+    handle_limit: Option<i32>,
+    handle_limit_unit: Option<String>,
+}
+
+impl From<CategoryRow> for pb::Category {
+    fn from(r: CategoryRow) -> pb::Category {
+        pb::Category {
+            accept_limit: limit(r.accept_limit, r.accept_limit_unit.as_deref()),
+            handle_limit: limit(r.handle_limit, r.handle_limit_unit.as_deref()),
+            code: r.code,
+            scheme: r.scheme,
+            name: r.name,
+            parent_code: r.parent_code.unwrap_or_default(),
+            department_kind: r.department_kind,
+        }
+    }
+}
+
 pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::Category>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, CategoryRow>(
         "SELECT code, scheme, name, parent_code, department_kind, accept_limit, accept_limit_unit,
                 handle_limit, handle_limit_unit
          FROM categories WHERE ($1::text IS NULL OR scheme = $1) ORDER BY code",
@@ -99,18 +148,7 @@ pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::C
     .bind(scheme)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| pb::Category {
-            code: r.get(0),
-            scheme: r.get(1),
-            name: r.get(2),
-            parent_code: r.get::<Option<String>, _>(3).unwrap_or_default(),
-            department_kind: r.get(4),
-            accept_limit: limit(r.get(5), r.get(6)),
-            handle_limit: limit(r.get(7), r.get(8)),
-        })
-        .collect())
+    Ok(rows.into_iter().map(pb::Category::from).collect())
 }
 
 pub async fn category_exists(pool: &PgPool, code: &str) -> Result<bool> {
@@ -122,53 +160,73 @@ pub async fn category_exists(pool: &PgPool, code: &str) -> Result<bool> {
     )
 }
 
-fn department(r: &sqlx::postgres::PgRow) -> pb::Department {
-    pb::Department {
-        code: r.get(0),
-        name: r.get(1),
-        org_code: r.get(2),
-        kind: r.get(3),
+#[derive(Debug, sqlx::FromRow)]
+struct DepartmentRow {
+    code: String,
+    name: String,
+    org_code: String,
+    kind: String,
+}
+
+impl From<DepartmentRow> for pb::Department {
+    fn from(r: DepartmentRow) -> pb::Department {
+        pb::Department {
+            code: r.code,
+            name: r.name,
+            org_code: r.org_code,
+            kind: r.kind,
+        }
     }
 }
 
 pub async fn department_by_code(pool: &PgPool, code: &str) -> Result<Option<pb::Department>> {
-    let row = sqlx::query("SELECT code, name, org_code, kind FROM departments WHERE code = $1")
-        .bind(code)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.as_ref().map(department))
+    let row = sqlx::query_as::<_, DepartmentRow>(
+        "SELECT code, name, org_code, kind FROM departments WHERE code = $1",
+    )
+    .bind(code)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(pb::Department::from))
 }
 
 /// Departments whose org code starts with `prefix`.
 pub async fn departments(pool: &PgPool, prefix: &str) -> Result<Vec<pb::Department>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, DepartmentRow>(
         "SELECT code, name, org_code, kind FROM departments WHERE org_code LIKE $1 || '%' ORDER BY code",
     )
     .bind(prefix)
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(department).collect())
+    Ok(rows.into_iter().map(pb::Department::from).collect())
 }
 
 fn role(name: &str) -> pb::Role {
     pb::Role::from_str_name(&format!("ROLE_{}", name.to_ascii_uppercase())).unwrap_or_default()
 }
 
+#[derive(Debug, sqlx::FromRow)]
+struct WorkerRow {
+    id: String,
+    name: String,
+    role: String,
+    org_code: String,
+}
+
 /// Workers whose grid or org code starts with `prefix`.
 pub async fn workers(pool: &PgPool, prefix: &str) -> Result<Vec<pb::Worker>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, WorkerRow>(
         "SELECT id, name, role, org_code FROM workers WHERE org_code LIKE $1 || '%' ORDER BY id",
     )
     .bind(prefix)
     .fetch_all(pool)
     .await?;
     Ok(rows
-        .iter()
+        .into_iter()
         .map(|r| pb::Worker {
-            id: r.get(0),
-            name: r.get(1),
-            role: role(r.get(2)) as i32,
-            org_code: r.get(3),
+            role: role(&r.role) as i32,
+            id: r.id,
+            name: r.name,
+            org_code: r.org_code,
         })
         .collect())
 }

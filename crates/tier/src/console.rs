@@ -9,8 +9,10 @@ use wangge_proto::case_event::Kind;
 use wangge_store::{cases, registry};
 
 use crate::actor::actor;
-use crate::engine::{Action, parse_case_id};
+use crate::engine::Action;
 use crate::query::state_names;
+use crate::request::{CaseAction, DepartmentAction, Dispatch, NoteKind};
+use crate::validate;
 use crate::watch::{UpdateStream, existing, snapshot, state_matches, watch};
 use crate::{Error, Shared};
 
@@ -44,15 +46,16 @@ impl Console {
         }
     }
 
+    /// A step whose note is a remark or, for `NoteKind::Reason`, the reason `kind` records.
     async fn act(
         &self,
         request: Request<pb::CaseActionRequest>,
         role: pb::Role,
+        note_kind: NoteKind,
         kind: impl FnOnce(&pb::Case, &str) -> Kind,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, role)?;
-        let request = request.into_inner();
-        let id = parse_case_id(&request.case_id)?;
+        let request = CaseAction::console(request.into_inner(), note_kind)?;
         let note = request.note.clone();
         let action = Action {
             actor,
@@ -62,7 +65,9 @@ impl Console {
         let case = self
             .0
             .engine
-            .act(id, action, |case| Ok(kind(case, &note)))
+            .act(request.case_id, action, |case| {
+                Ok(kind(case, note.as_str()))
+            })
             .await?;
         Ok(Response::new(case))
     }
@@ -78,7 +83,8 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
     ) -> Result<Response<Self::WatchCasesStream>, Status> {
         actor(&request, self.operator())?;
         let request = request.into_inner();
-        let names = state_names(&request.states)?;
+        let states = validate::states("states", &request.states)?;
+        let names = state_names(&states);
         let engine = &self.0.engine;
         let live = engine.subscribe();
         let initial = if request.include_existing {
@@ -91,7 +97,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         } else {
             snapshot(Vec::new())
         };
-        let states = request.states;
+        let states: Vec<i32> = states.into_iter().map(|s| s as i32).collect();
         let stream = watch(&self.0, live, initial, move |update| {
             update
                 .case
@@ -105,7 +111,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |_, _| {
+        self.act(request, self.operator(), NoteKind::Remark, |_, _| {
             Kind::Accepted(pb::Accepted {})
         })
         .await
@@ -115,7 +121,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, |_, note| {
+        self.act(request, pb::Role::DutyChief, NoteKind::Reason, |_, note| {
             Kind::Rejected(pb::Rejected {
                 reason: note.to_owned(),
             })
@@ -128,13 +134,9 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         request: Request<pb::DispatchCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, self.operator())?;
-        let request = request.into_inner();
-        let id = parse_case_id(&request.case_id)?;
+        let request = Dispatch::try_from(request.into_inner())?;
         let engine = &self.0.engine;
-        let code = request.department_code.trim();
-        if code.is_empty() {
-            return Err(Error::invalid("department_code", "required").into());
-        }
+        let code = request.department_code.as_str();
         let department = registry::department_by_code(engine.pool(), code)
             .await
             .map_err(Error::from)?
@@ -145,10 +147,10 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         let action = Action {
             actor,
             note: request.note,
-            attachments: Vec::new(),
+            attachments: Default::default(),
         };
         let case = engine
-            .act(id, action, |case| {
+            .act(request.case_id, action, |case| {
                 // A center dispatches to the departments of its own org: the street to the
                 // street's, the district to the district's.
                 let grid: GridCode = case
@@ -176,7 +178,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |case, _| {
+        self.act(request, self.operator(), NoteKind::Remark, |case, _| {
             Kind::CheckRequested(pb::CheckRequested {
                 community_code: case.community_code.clone(),
             })
@@ -188,7 +190,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |case, _| {
+        self.act(request, self.operator(), NoteKind::Remark, |case, _| {
             Kind::Reworked(pb::Reworked {
                 department_code: case.department_code.clone(),
             })
@@ -200,7 +202,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, |_, _| {
+        self.act(request, pb::Role::DutyChief, NoteKind::Remark, |_, _| {
             Kind::Closed(pb::Closed {})
         })
         .await
@@ -210,7 +212,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), |_, note| {
+        self.act(request, self.operator(), NoteKind::Reason, |_, note| {
             Kind::Escalated(pb::Escalated {
                 reason: note.to_owned(),
             })
@@ -224,12 +226,8 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
 pub struct Departments(pub Shared);
 
 impl Departments {
-    /// The department, which must belong to this tier's scope.
+    /// The department (a checked code), which must belong to this tier's scope.
     async fn department(&self, code: &str) -> Result<pb::Department, Error> {
-        let code = code.trim();
-        if code.is_empty() {
-            return Err(Error::invalid("department_code", "required"));
-        }
         let engine = &self.0.engine;
         registry::department_by_code(engine.pool(), code)
             .await?
@@ -239,23 +237,31 @@ impl Departments {
             })
     }
 
+    /// A step whose note is a remark or, for `NoteKind::Reason`, the reason or result `kind`
+    /// records.
     async fn act(
         &self,
         request: Request<pb::DepartmentActionRequest>,
+        note_kind: NoteKind,
         kind: impl FnOnce(String, String) -> Kind,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::DepartmentHandler)?;
-        let request = request.into_inner();
-        let id = parse_case_id(&request.case_id)?;
-        let department = self.department(&request.department_code).await?;
-        let kind = kind(department.code, request.note.clone());
+        let DepartmentAction {
+            action: request,
+            department_code,
+        } = DepartmentAction::parse(request.into_inner(), note_kind)?;
+        let department = self.department(&department_code).await?;
+        let kind = kind(department.code, request.note.as_str().to_owned());
         let action = Action {
             actor,
             note: request.note,
             attachments: request.attachments,
         };
         Ok(Response::new(
-            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+            self.0
+                .engine
+                .act(request.case_id, action, |_| Ok(kind))
+                .await?,
         ))
     }
 }
@@ -267,7 +273,8 @@ impl pb::department_service_server::DepartmentService for Departments {
         request: Request<pb::ListAssignedRequest>,
     ) -> Result<Response<pb::ListAssignedResponse>, Status> {
         actor(&request, pb::Role::DepartmentHandler)?;
-        let department = self.department(&request.get_ref().department_code).await?;
+        let code = validate::code("department_code", &request.get_ref().department_code)?;
+        let department = self.department(&code).await?;
         let engine = &self.0.engine;
         let filter = cases::Filter {
             states: vec!["dispatched".into(), "in_progress".into()],
@@ -286,7 +293,7 @@ impl pb::department_service_server::DepartmentService for Departments {
         &self,
         request: Request<pb::DepartmentActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, |department_code, _| {
+        self.act(request, NoteKind::Remark, |department_code, _| {
             Kind::Signed(pb::Signed { department_code })
         })
         .await
@@ -296,7 +303,7 @@ impl pb::department_service_server::DepartmentService for Departments {
         &self,
         request: Request<pb::DepartmentActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, |department_code, reason| {
+        self.act(request, NoteKind::Reason, |department_code, reason| {
             Kind::ReturnRequested(pb::ReturnRequested {
                 department_code,
                 reason,
@@ -309,7 +316,7 @@ impl pb::department_service_server::DepartmentService for Departments {
         &self,
         request: Request<pb::DepartmentActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, |department_code, result| {
+        self.act(request, NoteKind::Reason, |department_code, result| {
             Kind::Handled(pb::Handled {
                 department_code,
                 result,

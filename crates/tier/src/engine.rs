@@ -18,9 +18,11 @@ use wangge_domain::grids::GridIndex;
 use wangge_domain::{GridCode, Scope};
 use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
-use wangge_store::{cases, outbox};
+use wangge_store::{cases, intake, outbox};
 
 use crate::Error;
+use crate::request::NewReport;
+use crate::validate::{Attachments, Note};
 
 /// The tier's case engine, shared by its gRPC services and its bus consumer.
 #[derive(Debug)]
@@ -38,25 +40,13 @@ pub struct Engine {
     max_event_bytes: usize,
 }
 
-/// A report as the field app sent it, checked field by field.
-#[derive(Debug, Clone)]
-pub struct NewReport {
-    pub client_id: String,
-    pub category_code: String,
-    pub description: String,
-    pub location: pb::GeoPoint,
-    pub captured_at: Option<prost_types::Timestamp>,
-    pub urgency: pb::Urgency,
-    pub attachments: Vec<pb::Attachment>,
-    pub self_handling: Option<pb::SelfHandling>,
-}
-
-/// Who acts on a case, with what remark and attachments; the step itself is given to [`Engine::act`].
+/// Who acts on a case, with what remark and attachments (checked at the edge, `validate`); the
+/// step itself is given to [`Engine::act`].
 #[derive(Debug, Clone)]
 pub struct Action {
     pub actor: pb::Actor,
-    pub note: String,
-    pub attachments: Vec<pb::Attachment>,
+    pub note: Note,
+    pub attachments: Attachments,
 }
 
 fn now() -> prost_types::Timestamp {
@@ -149,14 +139,16 @@ impl Engine {
             .ok_or_else(|| Error::NotFound(format!("case {id}")))
     }
 
-    /// 上报: takes a grid worker's report. Idempotent on the client id.
+    /// 上报: takes a grid worker's report. Idempotent on the reporter's client id: the same report
+    /// again returns the case it created (also when two copies race); the same client id with a
+    /// different report is ALREADY_EXISTS.
     #[instrument(skip_all, fields(client_id = %report.client_id))]
     pub async fn report(&self, actor: pb::Actor, report: NewReport) -> Result<pb::Case, Error> {
-        if let Some(existing) = self.by_client_id(&report.client_id).await? {
+        let digest = report.digest();
+        if let Some(existing) = self.earlier_report(&actor.id, &report, &digest).await? {
             debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
             return Ok(existing);
         }
-        check_attachments(&report.attachments)?;
         let pb::GeoPoint {
             longitude,
             latitude,
@@ -180,6 +172,16 @@ impl Engine {
         let case_id = Uuid::now_v7();
         let at = now();
         let mut tx = self.pool.begin().await?;
+        // The key first: a concurrent copy of this report waits here for ours to commit, then
+        // finds it taken and returns our case.
+        if !intake::claim(&mut tx, &actor.id, &report.client_id, case_id, &digest).await? {
+            drop(tx);
+            debug!("a concurrent copy of the report won, returning its case");
+            return self
+                .earlier_report(&actor.id, &report, &digest)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("case of client_id {}", report.client_id)));
+        }
         let number = cases::next_number(&mut tx, grid.community().as_str(), china_today()).await?;
         let event = pb::CaseEvent {
             event_id: Uuid::now_v7().to_string(),
@@ -190,11 +192,11 @@ impl Engine {
             org_code: grid.community().to_string(),
             actor: Some(actor),
             note: String::new(),
-            attachments: report.attachments,
+            attachments: report.attachments.into_vec(),
             state_after: 0,
             owner_after: None,
             kind: Some(Kind::Reported(pb::Reported {
-                client_id: report.client_id.clone(),
+                client_id: report.client_id,
                 number,
                 category_code: report.category_code,
                 description: report.description,
@@ -205,25 +207,35 @@ impl Engine {
                 self_handling: report.self_handling,
             })),
         };
-        match self.commit(tx, None, event).await {
-            Ok(case) => {
-                info!(case_id = %case.id, number = %case.number, grid = %case.grid_code, "case reported");
-                Ok(case)
-            }
-            // The same report arrived twice at once: the other copy won, return its case.
-            Err(Error::Store(e)) if e.sqlstate().as_deref() == Some("23505") => self
-                .by_client_id(&report.client_id)
-                .await?
-                .ok_or(Error::Store(e)),
-            Err(e) => Err(e),
-        }
+        let case = self.commit(tx, None, event).await?;
+        info!(case_id = %case.id, number = %case.number, grid = %case.grid_code, "case reported");
+        Ok(case)
     }
 
-    async fn by_client_id(&self, client_id: &str) -> Result<Option<pb::Case>, Error> {
+    /// The case an earlier copy of this report created, if the reporter sent it before; a taken
+    /// client id with another report is ALREADY_EXISTS.
+    async fn earlier_report(
+        &self,
+        reporter_id: &str,
+        report: &NewReport,
+        digest: &[u8; 32],
+    ) -> Result<Option<pb::Case>, Error> {
         let mut conn = self.pool.acquire().await?;
-        Ok(cases::by_client_id(&mut conn, client_id)
-            .await?
-            .filter(|c| c.grid_code.starts_with(self.scope.prefix())))
+        let Some(key) = intake::find(&mut conn, reporter_id, &report.client_id).await? else {
+            return Ok(None);
+        };
+        if !key.matches(digest) {
+            return Err(Error::AlreadyExists {
+                field: "client_id",
+                message: format!(
+                    "{} was used by this reporter for a different report (case {}); \
+                     a new report needs a new client_id",
+                    report.client_id, key.case_id
+                ),
+            });
+        }
+        let case = cases::load(&mut conn, key.case_id, false).await?;
+        Ok(case.filter(|c| c.grid_code.starts_with(self.scope.prefix())))
     }
 
     /// Appends one event by this tier to a case it holds.
@@ -237,13 +249,6 @@ impl Engine {
         action: Action,
         step: impl FnOnce(&pb::Case) -> Result<Kind, Error>,
     ) -> Result<pb::Case, Error> {
-        if action.note.chars().count() > MAX_NOTE_CHARS {
-            return Err(Error::invalid(
-                "note",
-                format!("longer than {MAX_NOTE_CHARS} characters"),
-            ));
-        }
-        check_attachments(&action.attachments)?;
         let mut tx = self.pool.begin().await?;
         let case = cases::load(&mut tx, case_id, true)
             .await?
@@ -260,8 +265,8 @@ impl Engine {
             tier: self.tier as i32,
             org_code: machine::owner_for(self.tier, &grid).org_code,
             actor: Some(action.actor),
-            note: action.note,
-            attachments: action.attachments,
+            note: action.note.into_string(),
+            attachments: action.attachments.into_vec(),
             state_after: 0,
             owner_after: None,
             kind: Some(kind),
@@ -335,42 +340,6 @@ fn too_large(event: &pb::CaseEvent, bytes: usize, limit: usize) -> Error {
         field,
         format!("the step's event would be {bytes} bytes, above the {limit} bytes the bus carries"),
     )
-}
-
-/// Longest note (reason, result, remark) on a step.
-pub const MAX_NOTE_CHARS: usize = 2000;
-/// Most attachments on one step.
-pub const MAX_ATTACHMENTS: usize = 20;
-
-/// Attachment references are checked here; the upload itself arrives with the field-work capability.
-fn check_attachments(attachments: &[pb::Attachment]) -> Result<(), Error> {
-    if attachments.len() > MAX_ATTACHMENTS {
-        return Err(Error::invalid(
-            "attachments",
-            format!("at most {MAX_ATTACHMENTS} per step"),
-        ));
-    }
-    for attachment in attachments {
-        let id_ok = !attachment.id.is_empty()
-            && attachment.id.len() <= 64
-            && attachment
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-        if !id_ok {
-            return Err(Error::invalid(
-                "attachments.id",
-                "1-64 letters, digits, - or _",
-            ));
-        }
-        if attachment.content_type.len() > 100 || attachment.caption.chars().count() > 200 {
-            return Err(Error::invalid(
-                "attachments",
-                "content_type up to 100, caption up to 200 characters",
-            ));
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {

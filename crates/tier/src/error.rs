@@ -1,8 +1,15 @@
 //! The one mapping from what went wrong inside a tier to a gRPC status.
+//!
+//! A client acts on the code: INVALID_ARGUMENT names the field to fix, ALREADY_EXISTS a key that is
+//! taken, FAILED_PRECONDITION a step the case's state does not allow, UNAVAILABLE and ABORTED mean
+//! "nothing was decided, try again", INTERNAL a bug of ours (logged, opaque).
+
+use std::borrow::Cow;
 
 use tonic::Status;
-use tracing::error;
+use tracing::{error, warn};
 use wangge_domain::case::Refusal;
+use wangge_store::Class;
 
 /// Everything a tier's gRPC handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -10,11 +17,18 @@ pub enum Error {
     /// Bad input: the field and what is wrong with it.
     #[error("{field}: {message}")]
     InvalidArgument {
-        field: &'static str,
+        /// The path of the field, `attachments[2].sha256`.
+        field: Cow<'static, str>,
         message: String,
     },
     #[error("{0} not found")]
     NotFound(String),
+    /// A key the caller chose is taken by something else: the field and what holds it.
+    #[error("{field}: {message}")]
+    AlreadyExists {
+        field: &'static str,
+        message: String,
+    },
     /// The state machine refused the step.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -27,9 +41,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    pub fn invalid(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Error {
         Error::InvalidArgument {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }
@@ -46,20 +60,27 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::AlreadyExists { .. } => Status::already_exists(e.to_string()),
             Error::Refused(refusal) if refusal.is_bad_input() => {
                 Status::invalid_argument(refusal.to_string())
             }
             Error::Refused(refusal) => Status::failed_precondition(refusal.to_string()),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::Store(store) if store.is_unavailable() => {
-                error!(error = %store, "database unavailable");
-                Status::unavailable("the database is unavailable, try again")
-            }
-            Error::Store(store) => {
-                error!(error = %store, "storage failure");
-                Status::internal("internal storage error")
-            }
+            Error::Store(store) => match store.class() {
+                Class::Unavailable => {
+                    warn!(error = %store, "database unavailable");
+                    Status::unavailable("the database is unavailable, try again")
+                }
+                Class::Contention => {
+                    warn!(error = %store, "transaction lost a race");
+                    Status::aborted("a concurrent change got in the way, try again")
+                }
+                Class::Permanent => {
+                    error!(error = %store, "storage failure");
+                    Status::internal("internal storage error")
+                }
+            },
         }
     }
 }
@@ -87,6 +108,17 @@ mod tests {
             ),
             (Error::Unauthenticated("who".into()), Code::Unauthenticated),
             (
+                Error::AlreadyExists {
+                    field: "client_id",
+                    message: "taken".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                Error::Store(sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
+                Code::Unavailable,
+            ),
+            (
                 Error::Store(sqlx::Error::PoolTimedOut.into()),
                 Code::Unavailable,
             ),
@@ -103,7 +135,7 @@ mod tests {
     #[test]
     fn internal_errors_do_not_leak_details() {
         let status = Status::from(Error::Store(
-            sqlx::Error::Protocol("secret detail".into()).into(),
+            sqlx::Error::ColumnNotFound("secret detail".into()).into(),
         ));
         assert!(!status.message().contains("secret"));
     }

@@ -8,12 +8,16 @@ pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
+#[cfg(test)]
+mod proptests;
 pub mod query;
 pub mod reconcile;
 pub mod replicate;
+pub mod request;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+pub mod validate;
 pub mod watch;
 
 use std::future::Future;
@@ -315,11 +319,18 @@ where
         pb::registry_service_server::SERVICE_NAME,
         pb::admin_service_server::SERVICE_NAME,
     ];
+    // Both reflection protocols are listed, so both descriptors are registered with each: a
+    // builder only adds its own protocol's, and a client that describes every listed service
+    // would get NOT_FOUND for the other one.
     let reflection = || {
         services.iter().chain(&mounted).fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
             |builder, name| builder.with_service_name(*name),
         )
     };

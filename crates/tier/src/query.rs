@@ -1,63 +1,21 @@
 //! The services every tier answers from its own replica: case queries and the registry.
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 use wangge_domain::case::{state_name, tier_name};
-use wangge_domain::{OrgCode, Scope};
 use wangge_proto as pb;
 use wangge_store::{cases, registry};
 
-use crate::engine::parse_case_id;
+use crate::request::CaseListing;
+use crate::validate::{self, prefix_in_scope};
 use crate::{Error, Shared};
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 500;
 
 /// `wangge.v1.CaseQueryService`.
 #[derive(Debug, Clone)]
 pub struct Cases(pub Shared);
 
-/// An org code prefix inside the scope: empty means the whole scope.
-pub fn prefix_in_scope(scope: &Scope, field: &'static str, code: &str) -> Result<String, Error> {
-    let code = code.trim();
-    if code.is_empty() {
-        return Ok(scope.prefix().to_owned());
-    }
-    if !code.bytes().all(|b| b.is_ascii_digit()) || code.len() > 15 {
-        return Err(Error::invalid(
-            field,
-            format!("{code:?} is not an org or grid code"),
-        ));
-    }
-    // A full 12-digit org code stands for its significant prefix.
-    let prefix = match code.parse::<OrgCode>() {
-        Ok(org) => org.prefix().to_owned(),
-        Err(_) => code.to_owned(),
-    };
-    if prefix.starts_with(scope.prefix()) {
-        Ok(prefix)
-    } else if scope.prefix().starts_with(&prefix) {
-        // A wider area than the scope: its part in the scope.
-        Ok(scope.prefix().to_owned())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("{code} is outside scope {scope}"),
-        ))
-    }
-}
-
-/// Database state names of proto states, refusing unknown numbers.
-pub fn state_names(states: &[i32]) -> Result<Vec<String>, Error> {
-    states
-        .iter()
-        .map(|&s| match pb::CaseState::try_from(s) {
-            Ok(pb::CaseState::Unspecified) | Err(_) => {
-                Err(Error::invalid("states", format!("unknown state {s}")))
-            }
-            Ok(state) => Ok(state_name(state).to_owned()),
-        })
-        .collect()
+/// Database state names of parsed states.
+pub fn state_names(states: &[pb::CaseState]) -> Vec<String> {
+    states.iter().map(|&s| state_name(s).to_owned()).collect()
 }
 
 #[tonic::async_trait]
@@ -66,7 +24,7 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let id = parse_case_id(&request.get_ref().case_id)?;
+        let id = validate::case_id(&request.get_ref().case_id)?;
         Ok(Response::new(self.0.engine.case(id).await?))
     }
 
@@ -74,7 +32,7 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         &self,
         request: Request<pb::ListCaseEventsRequest>,
     ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
-        let id = parse_case_id(&request.get_ref().case_id)?;
+        let id = validate::case_id(&request.get_ref().case_id)?;
         // Scope check first: a case outside the scope does not exist here.
         self.0.engine.case(id).await?;
         let events = cases::events(self.0.engine.pool(), id)
@@ -87,26 +45,16 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
-        let request = request.into_inner();
         let engine = &self.0.engine;
-        let limit = match request.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let after =
-            match request.page_token.as_str() {
-                "" => None,
-                token => Some(Uuid::parse_str(token).map_err(|_| {
-                    Error::invalid("page_token", "not a token from a previous page")
-                })?),
-            };
+        let listing = CaseListing::parse(request.into_inner(), engine.scope())?;
+        let limit = listing.page_size;
         let filter = cases::Filter {
-            states: state_names(&request.states)?,
-            grid_prefix: prefix_in_scope(engine.scope(), "org_code", &request.org_code)?,
-            owner_tier: request
+            states: state_names(&listing.states),
+            grid_prefix: listing.prefix,
+            owner_tier: listing
                 .owned_only
                 .then(|| tier_name(engine.tier()).to_owned()),
-            after,
+            after: listing.after,
             limit: i64::from(limit) + 1,
             ..Default::default()
         };
@@ -136,10 +84,8 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::GetOrgRequest>,
     ) -> Result<Response<pb::Org>, Status> {
-        let code = request.get_ref().code.trim();
-        code.parse::<OrgCode>()
-            .map_err(|e| Error::invalid("code", e.to_string()))?;
-        let org = registry::org_by_code(self.0.engine.pool(), code)
+        let code = validate::org_code("code", &request.get_ref().code)?;
+        let org = registry::org_by_code(self.0.engine.pool(), code.as_str())
             .await
             .map_err(Error::from)?
             .ok_or_else(|| Error::NotFound(format!("org {code}")))?;
@@ -160,10 +106,8 @@ impl pb::registry_service_server::RegistryService for Registry {
                 .into_iter()
                 .collect()
         } else {
-            parent
-                .parse::<OrgCode>()
-                .map_err(|e| Error::invalid("parent_code", e.to_string()))?;
-            registry::children(pool, parent)
+            let parent = validate::org_code("parent_code", parent)?;
+            registry::children(pool, parent.as_str())
                 .await
                 .map_err(Error::from)?
         };
@@ -191,10 +135,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::LocateGridRequest>,
     ) -> Result<Response<pb::Grid>, Status> {
-        let point = request
-            .get_ref()
-            .location
-            .ok_or_else(|| Error::invalid("location", "required"))?;
+        let point = validate::location("location", request.get_ref().location)?;
         let engine = &self.0.engine;
         let code = engine
             .grids()
@@ -221,8 +162,8 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListCategoriesRequest>,
     ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
-        let scheme = Some(request.get_ref().scheme.trim()).filter(|s| !s.is_empty());
-        let categories = registry::categories(self.0.engine.pool(), scheme)
+        let scheme = validate::optional_code("scheme", &request.get_ref().scheme)?;
+        let categories = registry::categories(self.0.engine.pool(), scheme.as_deref())
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::ListCategoriesResponse { categories }))
@@ -271,30 +212,5 @@ impl pb::registry_service_server::RegistryService for Registry {
             org_prefix: engine.scope().prefix().to_owned(),
             org,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_are_kept_inside_the_scope() {
-        let scope: Scope = "350205002".parse().unwrap();
-        assert_eq!(prefix_in_scope(&scope, "f", "").unwrap(), "350205002");
-        assert_eq!(
-            prefix_in_scope(&scope, "f", "350205002006").unwrap(),
-            "350205002006"
-        );
-        assert_eq!(
-            prefix_in_scope(&scope, "f", "350205002006001").unwrap(),
-            "350205002006001"
-        );
-        assert_eq!(
-            prefix_in_scope(&scope, "f", "350205000000").unwrap(),
-            "350205002"
-        );
-        assert!(prefix_in_scope(&scope, "f", "350203001000").is_err());
-        assert!(prefix_in_scope(&scope, "f", "abc").is_err());
     }
 }

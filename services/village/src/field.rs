@@ -5,93 +5,15 @@ use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
 use wangge_store::cases;
 use wangge_tier::actor::actor;
-use wangge_tier::engine::{Action, NewReport, parse_case_id};
-use wangge_tier::query::prefix_in_scope;
+use wangge_tier::engine::Action;
+use wangge_tier::request::{CaseAction, CheckResult, NewReport, NoteKind};
+use wangge_tier::validate::prefixes_in_scope;
 use wangge_tier::watch::{UpdateStream, snapshot, watch};
 use wangge_tier::{Error, Shared};
-
-const MAX_DESCRIPTION_CHARS: usize = 2000;
 
 /// `wangge.v1.FieldAppService`.
 #[derive(Debug, Clone)]
 pub struct FieldApp(pub Shared);
-
-/// Parses a report, field by field, into what the engine takes.
-fn parse_report(request: pb::ReportCaseRequest) -> Result<NewReport, Error> {
-    let client_id = request.client_id.trim().to_owned();
-    let client_id_ok = !client_id.is_empty()
-        && client_id.len() <= 64
-        && client_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-    if !client_id_ok {
-        return Err(Error::invalid(
-            "client_id",
-            "required: 1-64 letters, digits, - or _ (a UUID from the app)",
-        ));
-    }
-    let category_code = request.category_code.trim().to_owned();
-    if category_code.is_empty() {
-        return Err(Error::invalid("category_code", "required"));
-    }
-    let description = request.description.trim().to_owned();
-    if description.is_empty() {
-        return Err(Error::invalid("description", "required"));
-    }
-    if description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(Error::invalid(
-            "description",
-            format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
-        ));
-    }
-    let location = request
-        .location
-        .ok_or_else(|| Error::invalid("location", "required"))?;
-    let in_range = location.longitude.is_finite()
-        && location.latitude.is_finite()
-        && (-180.0..=180.0).contains(&location.longitude)
-        && (-90.0..=90.0).contains(&location.latitude);
-    if !in_range {
-        return Err(Error::invalid(
-            "location",
-            "longitude must be within ±180 and latitude within ±90",
-        ));
-    }
-    if let Some(captured) = &request.captured_at {
-        let now = chrono::Utc::now().timestamp();
-        if captured.seconds > now + 300 {
-            return Err(Error::invalid("captured_at", "lies in the future"));
-        }
-    }
-    let urgency = match pb::Urgency::try_from(request.urgency) {
-        Ok(pb::Urgency::Unspecified) => pb::Urgency::Normal,
-        Ok(urgency) => urgency,
-        Err(_) => {
-            return Err(Error::invalid(
-                "urgency",
-                format!("unknown urgency {}", request.urgency),
-            ));
-        }
-    };
-    if let Some(handling) = &request.self_handling
-        && handling.resolution.trim().is_empty()
-    {
-        return Err(Error::invalid(
-            "self_handling.resolution",
-            "say what was done on the spot",
-        ));
-    }
-    Ok(NewReport {
-        client_id,
-        category_code,
-        description,
-        location,
-        captured_at: request.captured_at,
-        urgency,
-        attachments: request.attachments,
-        self_handling: request.self_handling,
-    })
-}
 
 /// A task of the field app: an on-site check the village holds.
 fn is_task(case: &pb::Case, prefixes: &[String]) -> bool {
@@ -104,14 +26,7 @@ fn is_task(case: &pb::Case, prefixes: &[String]) -> bool {
 
 impl FieldApp {
     fn prefixes(&self, codes: &[String]) -> Result<Vec<String>, Error> {
-        let scope = self.0.engine.scope();
-        if codes.is_empty() {
-            return Ok(vec![scope.prefix().to_owned()]);
-        }
-        codes
-            .iter()
-            .map(|c| prefix_in_scope(scope, "org_codes", c))
-            .collect()
+        prefixes_in_scope(self.0.engine.scope(), "org_codes", codes)
     }
 
     async fn tasks(&self, prefixes: &[String]) -> Result<Vec<pb::Case>, Error> {
@@ -138,7 +53,7 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         request: Request<pb::ReportCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::GridWorker)?;
-        let report = parse_report(request.into_inner())?;
+        let report = NewReport::parse(request.into_inner(), chrono::Utc::now())?;
         Ok(Response::new(self.0.engine.report(actor, report).await?))
     }
 
@@ -175,18 +90,21 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         request: Request<pb::ConfirmCheckRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::GridWorker)?;
-        let request = request.into_inner();
-        let id = parse_case_id(&request.case_id)?;
-        let kind = Kind::Checked(pb::Checked {
-            passed: request.passed,
-        });
+        let CheckResult {
+            action: request,
+            passed,
+        } = CheckResult::try_from(request.into_inner())?;
+        let kind = Kind::Checked(pb::Checked { passed });
         let action = Action {
             actor,
             note: request.note,
             attachments: request.attachments,
         };
         Ok(Response::new(
-            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+            self.0
+                .engine
+                .act(request.case_id, action, |_| Ok(kind))
+                .await?,
         ))
     }
 }
@@ -202,22 +120,30 @@ impl Community {
         approve: bool,
     ) -> Result<Response<pb::Case>, Status> {
         let actor = actor(&request, pb::Role::CommunityStaff)?;
-        let request = request.into_inner();
-        let id = parse_case_id(&request.case_id)?;
+        // A rejection says why the case goes up to the street after all.
+        let note_kind = if approve {
+            NoteKind::Remark
+        } else {
+            NoteKind::Reason
+        };
+        let request = CaseAction::review(request.into_inner(), note_kind)?;
         let kind = if approve {
             Kind::SelfHandleApproved(pb::SelfHandleApproved {})
         } else {
             Kind::SelfHandleRejected(pb::SelfHandleRejected {
-                reason: request.note.clone(),
+                reason: request.note.as_str().to_owned(),
             })
         };
         let action = Action {
             actor,
             note: request.note,
-            attachments: Vec::new(),
+            attachments: request.attachments,
         };
         Ok(Response::new(
-            self.0.engine.act(id, action, |_| Ok(kind)).await?,
+            self.0
+                .engine
+                .act(request.case_id, action, |_| Ok(kind))
+                .await?,
         ))
     }
 }
@@ -236,125 +162,5 @@ impl pb::community_service_server::CommunityService for Community {
         request: Request<pb::ReviewRequest>,
     ) -> Result<Response<pb::Case>, Status> {
         self.review(request, false).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn valid() -> pb::ReportCaseRequest {
-        pb::ReportCaseRequest {
-            client_id: "0195f3c2-7d4e-7a10-9c61-2f1d0e8b4a21".into(),
-            category_code: "szcg-01-01".into(),
-            description: "暴露垃圾".into(),
-            location: Some(pb::GeoPoint {
-                longitude: 118.0,
-                latitude: 24.5,
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn field_of(request: pb::ReportCaseRequest) -> &'static str {
-        match parse_report(request) {
-            Err(Error::InvalidArgument { field, .. }) => field,
-            other => panic!("expected invalid argument, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_valid_report_parses_with_normal_urgency() {
-        let report = parse_report(valid()).unwrap();
-        assert_eq!(report.urgency, pb::Urgency::Normal);
-    }
-
-    #[test]
-    fn each_bad_field_is_named() {
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                client_id: "".into(),
-                ..valid()
-            }),
-            "client_id"
-        );
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                client_id: "a b".into(),
-                ..valid()
-            }),
-            "client_id"
-        );
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                category_code: " ".into(),
-                ..valid()
-            }),
-            "category_code"
-        );
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                description: "".into(),
-                ..valid()
-            }),
-            "description"
-        );
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                location: None,
-                ..valid()
-            }),
-            "location"
-        );
-        let far = Some(pb::GeoPoint {
-            longitude: 500.0,
-            latitude: 24.5,
-        });
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                location: far,
-                ..valid()
-            }),
-            "location"
-        );
-        let nan = Some(pb::GeoPoint {
-            longitude: f64::NAN,
-            latitude: 24.5,
-        });
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                location: nan,
-                ..valid()
-            }),
-            "location"
-        );
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                urgency: 99,
-                ..valid()
-            }),
-            "urgency"
-        );
-        let future = Some(prost_types::Timestamp {
-            seconds: chrono::Utc::now().timestamp() + 3600,
-            nanos: 0,
-        });
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                captured_at: future,
-                ..valid()
-            }),
-            "captured_at"
-        );
-        let empty = Some(pb::SelfHandling {
-            resolution: "".into(),
-        });
-        assert_eq!(
-            field_of(pb::ReportCaseRequest {
-                self_handling: empty,
-                ..valid()
-            }),
-            "self_handling.resolution"
-        );
     }
 }
