@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use async_nats::Client;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -104,39 +104,63 @@ where
         .map_err(Error::nats)?;
     debug!(%filter, "taking receipts");
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             message = receipts.next() => message,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let Some(message) = message else {
+        let Some(first) = first else {
             return Err(Error::Nats("receipt subscription ended".into()));
         };
-        let receipt = match pb::Envelope::decode(message.payload.as_ref()) {
-            Ok(pb::Envelope {
-                body: Some(pb::envelope::Body::Receipt(receipt)),
-                ..
-            }) => receipt,
-            Ok(_) | Err(_) => {
-                warn!(subject = %message.subject, "not a receipt, ignored");
-                continue;
+        // Whatever else has arrived is confirmed with it: one transaction per tier, not per message.
+        let mut by_tier: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next.take() {
+            if let Some((tier, ids)) = decode(&message) {
+                by_tier.entry(tier as i32).or_default().extend(ids);
             }
-        };
-        let tier = match Tier::try_from(receipt.tier) {
-            Ok(tier) if tier != Tier::Unspecified => tier,
-            _ => {
-                warn!(subject = %message.subject, tier = receipt.tier, "receipt from an unknown tier, ignored");
-                continue;
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = receipts.next().now_or_never().flatten();
             }
-        };
-        let ids: Vec<Uuid> = receipt
-            .event_ids
-            .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect();
-        match confirm(tier, ids).await {
-            Ok(gone) => debug!(?tier, gone, "receipt applied"),
-            // The outbox keeps the rows: reconciliation confirms them later.
-            Err(error) => warn!(%error, ?tier, "receipt not applied"),
+        }
+        for (tier, ids) in by_tier {
+            let tier = Tier::try_from(tier).unwrap_or_default();
+            match confirm(tier, ids).await {
+                Ok(gone) => debug!(?tier, gone, "receipts applied"),
+                // The outbox keeps the rows: reconciliation confirms them later.
+                Err(error) => warn!(%error, ?tier, "receipts not applied"),
+            }
         }
     }
+}
+
+/// Most receipt messages confirmed together.
+const MAX_BATCH: usize = 512;
+
+/// The confirming tier and the event ids of a receipt message, if it is one.
+fn decode(message: &async_nats::Message) -> Option<(Tier, Vec<Uuid>)> {
+    let receipt = match pb::Envelope::decode(message.payload.as_ref()) {
+        Ok(pb::Envelope {
+            body: Some(pb::envelope::Body::Receipt(receipt)),
+            ..
+        }) => receipt,
+        Ok(_) | Err(_) => {
+            warn!(subject = %message.subject, "not a receipt, ignored");
+            return None;
+        }
+    };
+    let tier = match Tier::try_from(receipt.tier) {
+        Ok(tier) if tier != Tier::Unspecified => tier,
+        _ => {
+            warn!(subject = %message.subject, tier = receipt.tier, "receipt from an unknown tier, ignored");
+            return None;
+        }
+    };
+    let ids = receipt
+        .event_ids
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    Some((tier, ids))
 }
