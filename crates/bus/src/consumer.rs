@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{CASE_STREAM, Error, ensure_stream};
+use crate::{CASE_STREAM, Error, Persisting, ensure_stream};
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +85,12 @@ impl Consumer {
     /// Interruptions (NATS away, stream or consumer gone) are waited out and repaired.
     pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
+        let mut interrupted = Persisting::default();
         while !shutdown.is_cancelled() {
-            match self.consume(&handler, &shutdown).await {
+            match self.consume(&handler, &shutdown, &mut interrupted).await {
                 Ok(()) => break,
                 Err(error) => {
-                    warn!(%error, durable = %self.durable, retry_in_ms = backoff.as_millis() as u64, "consumer interrupted");
+                    interrupted.failed(&format!("consumer {}", self.durable), &error);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,
@@ -105,10 +106,12 @@ impl Consumer {
         &self,
         handler: &H,
         shutdown: &CancellationToken,
+        interrupted: &mut Persisting,
     ) -> Result<(), Error> {
         let consumer = self.open().await?;
         let mut messages = consumer.messages().await.map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
+        interrupted.succeeded(&format!("consumer {}", self.durable));
         loop {
             let first = tokio::select! {
                 next = messages.next() => next,

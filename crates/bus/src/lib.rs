@@ -10,6 +10,7 @@
 //!   350205002006 (core NATS request/reply).
 
 mod consumer;
+mod persisting;
 pub mod receipts;
 mod relay;
 pub mod sync;
@@ -22,6 +23,7 @@ use wangge_domain::{GridCode, OrgCode, Scope};
 use wangge_proto::Tier;
 
 pub use consumer::{Consumer, ConsumerLag, Disposition, Handler, Message, consumer_lag};
+pub use persisting::Persisting;
 pub use relay::{Relay, RelayHandle, RelaySettings};
 
 /// The stream holding every case event.

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 use wangge_store::outbox::{self, Pending, Stored};
 
-use crate::{CASE_STREAM, Error, ensure_stream};
+use crate::{CASE_STREAM, Error, Persisting, ensure_stream};
 
 /// Wakes the relay when a transaction has queued something.
 #[derive(Debug, Clone, Default)]
@@ -103,14 +103,16 @@ impl Relay {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut next_check = Instant::now() + self.settings.check_every;
+        let (mut publishing, mut checking) = (Persisting::default(), Persisting::default());
         loop {
             let full = match self.publish_round().await {
                 Ok(sent) => {
+                    publishing.succeeded("outbox publish");
                     backoff = Duration::from_millis(100);
                     sent as i64 == self.settings.batch
                 }
                 Err(error) => {
-                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
+                    publishing.failed("outbox publish", &error);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.cancelled() => break,
@@ -120,8 +122,9 @@ impl Relay {
                 }
             };
             if Instant::now() >= next_check {
-                if let Err(error) = self.check_round().await {
-                    warn!(%error, "outbox confirmation check failed");
+                match self.check_round().await {
+                    Ok(_) => checking.succeeded("outbox confirmation check"),
+                    Err(error) => checking.failed("outbox confirmation check", &error),
                 }
                 next_check = Instant::now() + self.settings.check_every;
             }

@@ -201,6 +201,14 @@ impl Admin {
         if let Some(error) = &report.last_error {
             problems.push(format!("reconciliation: {error}"));
         }
+        for peer in &report.silent_peers {
+            problems.push(format!(
+                "reconciliation: no instance of the {peer} tier answered"
+            ));
+        }
+        if let Some(error) = &report.sweep_error {
+            problems.push(format!("parked events: the sweep fails: {error}"));
+        }
 
         pb::TierStatus {
             tier: engine.tier() as i32,

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, Utc};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use uuid::Uuid;
-use wangge_bus::grid_of_subject;
 use wangge_bus::sync::{Responder, SyncClient, SyncError};
+use wangge_bus::{Persisting, grid_of_subject};
 use wangge_domain::OrgCode;
 use wangge_domain::case::tier_name;
 use wangge_proto as pb;
@@ -59,12 +59,17 @@ pub struct Report {
     pub total_events_fetched: u64,
     pub runs: u64,
     pub last_error: Option<String>,
+    /// Peers none of whose instances answered in the last run.
+    pub silent_peers: Vec<String>,
+    /// Why the last sweep of the park failed, if it did.
+    pub sweep_error: Option<String>,
 }
 
 /// Figures of one run.
 #[derive(Debug, Default)]
 struct Tally {
     compared: u64,
+    silent_peers: Vec<String>,
     unreachable: Vec<String>,
     cases_repaired: u64,
     events_fetched: u64,
@@ -96,6 +101,7 @@ impl Reconciler {
     /// and sweeps in between.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut repairs = self.repairs.clone().lock_owned().await;
+        let (mut running, mut sweeping) = (Persisting::default(), Persisting::default());
         let mut recent: HashMap<Uuid, Instant> = HashMap::new();
         let mut next_run = Instant::now();
         let mut next_sweep = Instant::now() + self.settings.sweep_every;
@@ -118,11 +124,11 @@ impl Reconciler {
             }
             let now = Instant::now();
             if now >= next_sweep {
-                self.sweep(&mut recent).await;
+                self.sweep(&mut recent, &mut sweeping).await;
                 next_sweep = Instant::now() + self.settings.sweep_every;
             }
             if now >= next_run {
-                self.full_run().await;
+                self.full_run(&mut running).await;
                 next_run = Instant::now() + self.settings.every;
             }
         }
@@ -132,14 +138,19 @@ impl Reconciler {
         self.report.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn sweep(&self, recent: &mut HashMap<Uuid, Instant>) {
+    async fn sweep(&self, recent: &mut HashMap<Uuid, Instant>, sweeping: &mut Persisting) {
         match self.replicator.sweep(self.settings.park_expiry).await {
             Ok(waiting) => {
+                sweeping.succeeded("sweeping the parked events");
+                self.report().sweep_error = None;
                 for repair in waiting {
                     self.repair_once(&repair, recent).await;
                 }
             }
-            Err(error) => warn!(%error, "sweeping the parked events failed"),
+            Err(error) => {
+                sweeping.failed("sweeping the parked events", &error);
+                self.report().sweep_error = Some(error.to_string());
+            }
         }
         recent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
     }
@@ -210,19 +221,21 @@ impl Reconciler {
     }
 
     /// Compares everything in the window with every peer.
-    async fn full_run(&self) {
+    async fn full_run(&self, running: &mut Persisting) {
         let started = Instant::now();
         let mut tally = Tally::default();
         let mut error = None;
         for &peer in self.engine.peers() {
             if let Err(e) = self.compare_with(peer, &mut tally).await {
-                warn!(peer = tier_name(peer), error = %e, "reconciliation with a peer failed");
-                error = Some(format!("{}: {e}", tier_name(peer)));
+                error = Some(format!("{}: {e:#}", tier_name(peer)));
             }
             if let Err(e) = self.confirm_stale(peer, &mut tally).await {
-                warn!(peer = tier_name(peer), error = %e, "asking a peer about unconfirmed events failed");
-                error.get_or_insert(format!("{}: {e}", tier_name(peer)));
+                error.get_or_insert(format!("{}: {e:#}", tier_name(peer)));
             }
+        }
+        match &error {
+            Some(e) => running.failed("reconciliation", e),
+            None => running.succeeded("reconciliation"),
         }
         let seconds = started.elapsed().as_secs_f64();
         if tally.cases_repaired > 0 || tally.confirmed > 0 {
@@ -251,6 +264,7 @@ impl Reconciler {
         report.total_events_fetched += tally.events_fetched;
         report.runs += 1;
         report.last_error = error;
+        report.silent_peers = tally.silent_peers;
     }
 
     async fn compare_with(&self, peer: pb::Tier, tally: &mut Tally) -> anyhow::Result<()> {
@@ -291,6 +305,10 @@ impl Reconciler {
                 communities = unreachable,
                 "peer did not answer for some communities"
             );
+        }
+        let communities = self.engine.grids().communities().len();
+        if communities > 0 && unreachable == communities {
+            tally.silent_peers.push(tier_name(peer).to_owned());
         }
         Ok(())
     }
