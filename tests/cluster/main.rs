@@ -6,3 +6,4 @@
 mod case_loop;
 mod delivery;
 mod edges;
+mod topology;

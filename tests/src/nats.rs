@@ -1,8 +1,11 @@
-//! A real nats-server with JetStream in a child process, on a free port, with its own store dir.
+//! A real nats-server in a child process, on a free port, with its own store dir: started with
+//! flags (one server with JetStream) or from one of the configuration files in `deploy/nats/`.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -12,7 +15,10 @@ use crate::{eventually, free_port};
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
-    store: tempfile::TempDir,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+    /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
+    home: tempfile::TempDir,
 }
 
 /// The nats-server binary: `WANGGE_NATS_SERVER`, else the one on PATH or Debian's.
@@ -35,45 +41,137 @@ pub fn binary() -> PathBuf {
     );
 }
 
+/// The (major, minor) version of [`binary`], asked once.
+pub fn version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let output = std::process::Command::new(binary())
+            .arg("--version")
+            .output()
+            .expect("run nats-server --version");
+        // "nats-server: v2.9.10"
+        let text = String::from_utf8_lossy(&output.stdout);
+        let number = text.trim().rsplit('v').next().unwrap_or_default();
+        let mut parts = number.split('.').map(|part| part.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+            _ => panic!("cannot read the nats-server version from {text:?}"),
+        }
+    })
+}
+
+/// The repository's `deploy/nats/` folder: the configuration files operators run.
+pub fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats")
+}
+
 impl NatsServer {
+    /// One server with JetStream and no configuration file, as development and most tests use.
     pub async fn start() -> NatsServer {
+        let home = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let args = [
+            OsString::from("-a"),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string().into(),
+            "-js".into(),
+            "-sd".into(),
+            home.path().join("store").into(),
+        ];
+        NatsServer::launch(home, port, args.into(), Vec::new()).await
+    }
+
+    /// A server run from `file` in `deploy/nats/`, configured through the environment variables
+    /// the file names (`WANGGE_NATS_*`); `port` must be the client port `env` sets.
+    pub async fn from_config(
+        file: &str,
+        home: tempfile::TempDir,
+        port: u16,
+        env: Vec<(String, String)>,
+    ) -> NatsServer {
+        let path = deploy_dir().join(file);
+        assert!(path.exists(), "{} is missing", path.display());
+        let args = vec![OsString::from("-c"), path.into()];
+        NatsServer::launch(home, port, args, env).await
+    }
+
+    async fn launch(
+        home: tempfile::TempDir,
+        port: u16,
+        args: Vec<OsString>,
+        env: Vec<(String, String)>,
+    ) -> NatsServer {
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
+            port,
+            args,
+            env,
+            home,
         };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+        // Appended, so a restarted server's log follows the one it replaced.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut child = Command::new(binary())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("start nats-server");
+        // A bad configuration file ends the server at once: say why instead of timing out.
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server {:?} exited ({status}):\n{}",
+                    self.args,
+                    self.log()
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server {:?} did not listen on {}:\n{}",
+                self.args,
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.child = Some(child);
-        let port = self.port;
-        eventually(
-            "nats-server to listen",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+    }
+
+    /// The store and log directory of this server.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.home.path().join("nats-server.log")
+    }
+
+    /// What the server logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {

@@ -88,7 +88,11 @@ where
         )
         .await
         .context("bad NATS URL")?;
-    let js = jetstream::new(client.clone());
+    // A tier on a leaf nats-server reaches the hub's JetStream by naming its domain.
+    let js = match config.jetstream_domain.as_deref() {
+        Some(domain) if !domain.is_empty() => jetstream::with_domain(client.clone(), domain),
+        _ => jetstream::new(client.clone()),
+    };
 
     let relay = Relay::new(pool.clone(), js.clone());
     let engine = Arc::new(Engine::new(
