@@ -313,6 +313,8 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, OTHER_GRID).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
     let mut street = clients.street_console();
     let case = street
         .accept_case(as_actor(STREET_OPERATOR, action(&case, "")))
@@ -420,6 +422,8 @@ async fn a_returned_case_is_dispatched_again() {
         .clone();
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
     console
         .accept_case(as_actor(STREET_OPERATOR, action(&case, "")))
         .await
@@ -499,6 +503,8 @@ async fn illegal_steps_are_refused_and_change_nothing() {
     let department = street_department(&departments, "城管");
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
 
     // Dispatching before filing, checking before handling, closing what was never checked.
     let dispatch = pb::DispatchCaseRequest {

@@ -73,6 +73,7 @@ async fn a_replayed_nats_message_has_no_second_effect() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, GRID).await;
+    clients.converged(&case.id, 1).await;
     let case = clients
         .street_console()
         .accept_case(as_actor(

@@ -14,11 +14,16 @@ use crate::{eventually, free_port};
 /// A nats-server child process; killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
+    launch: Launch,
+    /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
+    home: tempfile::TempDir,
+}
+
+/// How a server is started: its client port, arguments and environment.
+struct Launch {
     port: u16,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
-    /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
-    home: tempfile::TempDir,
 }
 
 /// The nats-server binary: `WANGGE_NATS_SERVER`, else the one on PATH or Debian's.
@@ -68,92 +73,74 @@ pub fn deploy_dir() -> PathBuf {
 impl NatsServer {
     /// One server with JetStream and no configuration file, as development and most tests use.
     pub async fn start() -> NatsServer {
-        let home = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let args = [
-            OsString::from("-a"),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string().into(),
-            "-js".into(),
-            "-sd".into(),
-            home.path().join("store").into(),
-        ];
-        NatsServer::launch(home, port, args.into(), Vec::new()).await
+        NatsServer::launch(|home| {
+            let port = free_port();
+            let args = [
+                OsString::from("-a"),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string().into(),
+                "-js".into(),
+                "-sd".into(),
+                home.join("store").into(),
+            ];
+            Launch {
+                port,
+                args: args.into(),
+                env: Vec::new(),
+            }
+        })
+        .await
     }
 
     /// A server run from `file` in `deploy/nats/`, configured through the environment variables
-    /// the file names (`WANGGE_NATS_*`); `port` must be the client port `env` sets.
+    /// the file names (`WANGGE_NATS_*`). `choose`, given the server's home directory, returns the
+    /// client port and the environment setting it; it is asked again when a port was taken before
+    /// the server could bind it.
     pub async fn from_config(
         file: &str,
-        home: tempfile::TempDir,
-        port: u16,
-        env: Vec<(String, String)>,
+        mut choose: impl FnMut(&Path) -> (u16, Vec<(String, String)>),
     ) -> NatsServer {
         let path = deploy_dir().join(file);
         assert!(path.exists(), "{} is missing", path.display());
-        let args = vec![OsString::from("-c"), path.into()];
-        NatsServer::launch(home, port, args, env).await
+        NatsServer::launch(|home| {
+            let (port, env) = choose(home);
+            Launch {
+                port,
+                args: vec![OsString::from("-c"), path.clone().into()],
+                env,
+            }
+        })
+        .await
     }
 
-    async fn launch(
-        home: tempfile::TempDir,
-        port: u16,
-        args: Vec<OsString>,
-        env: Vec<(String, String)>,
-    ) -> NatsServer {
-        let mut server = NatsServer {
-            child: None,
-            port,
-            args,
-            env,
-            home,
-        };
-        server.spawn().await;
-        server
-    }
-
-    async fn spawn(&mut self) {
-        // Appended, so a restarted server's log follows the one it replaced.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut child = Command::new(binary())
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        // A bad configuration file ends the server at once: say why instead of timing out.
-        let started = Instant::now();
+    async fn launch(mut choose: impl FnMut(&Path) -> Launch) -> NatsServer {
+        let home = tempfile::tempdir().unwrap();
+        let mut attempt = 1;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nats-server {:?} exited ({status}):\n{}",
-                    self.args,
-                    self.log()
-                );
+            let launch = choose(home.path());
+            match spawn(&launch, home.path()).await {
+                Ok(child) => {
+                    return NatsServer {
+                        child: Some(child),
+                        launch,
+                        home,
+                    };
+                }
+                // A free port is only free until someone binds it: choose again.
+                Err(log) if attempt < 3 && log.contains("address already in use") => attempt += 1,
+                Err(log) => panic!("nats-server {:?} did not start:\n{log}", launch.args),
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server {:?} did not listen on {}:\n{}",
-                self.args,
-                self.port,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.child = Some(child);
+    }
+
+    /// The value the server was started with for an environment variable.
+    pub fn env(&self, name: &str) -> Option<&str> {
+        self.launch
+            .env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
     }
 
     /// The store and log directory of this server.
@@ -161,21 +148,17 @@ impl NatsServer {
         self.home.path()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.home.path().join("nats-server.log")
-    }
-
     /// What the server logged so far, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        std::fs::read_to_string(log_path(self.home.path())).unwrap_or_default()
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.launch.port
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.launch.port)
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -220,13 +203,19 @@ impl NatsServer {
 
     /// Starts the server again on the same port and store.
     pub async fn resume(&mut self) {
-        self.spawn().await;
+        match spawn(&self.launch, self.home.path()).await {
+            Ok(child) => self.child = Some(child),
+            Err(log) => panic!(
+                "nats-server {:?} did not start again:\n{log}",
+                self.launch.args
+            ),
+        }
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn().await;
+        self.resume().await;
     }
 }
 
@@ -235,5 +224,54 @@ impl Drop for NatsServer {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
+    }
+}
+
+fn log_path(home: &Path) -> PathBuf {
+    home.join("nats-server.log")
+}
+
+/// Starts the server and waits until it listens; a server that exits first (a bad file, a port
+/// taken) gives what it logged.
+async fn spawn(launch: &Launch, home: &Path) -> Result<Child, String> {
+    let log_path = log_path(home);
+    // Appended, so a restarted server's log follows the one it replaced.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let logged_before = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let this_run = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.get(logged_before..).unwrap_or(&text).to_owned()
+    };
+    let mut child = Command::new(binary())
+        .args(&launch.args)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}):\n{}", this_run()));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", launch.port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server {:?} did not listen on {}:\n{}",
+            launch.args,
+            launch.port,
+            this_run()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

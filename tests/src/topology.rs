@@ -50,19 +50,25 @@ impl NatsTopology {
     /// Starts the hub, then both leaves, and waits until a client on either leaf reaches the hub's
     /// JetStream.
     pub async fn start() -> NatsTopology {
-        let hub_home = tempfile::tempdir().unwrap();
-        let (hub_port, leaf_port) = (free_port(), free_port());
-        let store = hub_home.path().join("store");
-        let env = vec![
-            var("WANGGE_NATS_NAME", "haicang-hub-test"),
-            var("WANGGE_NATS_HOST", "127.0.0.1"),
-            var("WANGGE_NATS_PORT", hub_port),
-            var("WANGGE_NATS_LEAF_PORT", leaf_port),
-            var("WANGGE_NATS_MONITOR_PORT", free_port()),
-            var("WANGGE_NATS_STORE", store.display()),
-            var("WANGGE_JETSTREAM_DOMAIN", DOMAIN),
-        ];
-        let hub = NatsServer::from_config(hub_file(), hub_home, hub_port, env).await;
+        let hub = NatsServer::from_config(hub_file(), |home| {
+            let port = free_port();
+            let env = vec![
+                var("WANGGE_NATS_NAME", "haicang-hub-test"),
+                var("WANGGE_NATS_HOST", "127.0.0.1"),
+                var("WANGGE_NATS_PORT", port),
+                var("WANGGE_NATS_LEAF_PORT", free_port()),
+                // Any free port: the tests do not look at the monitoring endpoints.
+                var("WANGGE_NATS_MONITOR_PORT", -1),
+                var("WANGGE_NATS_STORE", home.join("store").display()),
+                var("WANGGE_JETSTREAM_DOMAIN", DOMAIN),
+            ];
+            (port, env)
+        })
+        .await;
+        let leaf_port: u16 = hub
+            .env("WANGGE_NATS_LEAF_PORT")
+            .and_then(|port| port.parse().ok())
+            .unwrap();
         let (village, street) = tokio::join!(
             LeafNode::start("village-leaf.conf", "xiayang-village-leaf-test", leaf_port),
             LeafNode::start("street-leaf.conf", "xinyang-street-leaf-test", leaf_port),
@@ -86,31 +92,24 @@ impl LeafNodes {
             _ => panic!("the {tier:?} tier connects to the hub, not to a leaf node"),
         }
     }
-
-    pub fn of_mut(&mut self, tier: Tier) -> &mut LeafNode {
-        match tier {
-            Tier::Village => &mut self.village,
-            Tier::Street => &mut self.street,
-            _ => panic!("the {tier:?} tier connects to the hub, not to a leaf node"),
-        }
-    }
 }
 
 impl LeafNode {
     async fn start(file: &str, name: &str, hub_leaf_port: u16) -> LeafNode {
         let link = Link::open(hub_leaf_port).await;
-        let port = free_port();
-        let env = vec![
-            var("WANGGE_NATS_NAME", name),
-            var("WANGGE_NATS_HOST", "127.0.0.1"),
-            var("WANGGE_NATS_PORT", port),
-            var("WANGGE_NATS_MONITOR_PORT", free_port()),
-            var(
-                "WANGGE_NATS_HUB",
-                format!("nats-leaf://127.0.0.1:{}", link.port),
-            ),
-        ];
-        let server = NatsServer::from_config(file, tempfile::tempdir().unwrap(), port, env).await;
+        let hub = format!("nats-leaf://127.0.0.1:{}", link.port);
+        let server = NatsServer::from_config(file, |_| {
+            let port = free_port();
+            let env = vec![
+                var("WANGGE_NATS_NAME", name),
+                var("WANGGE_NATS_HOST", "127.0.0.1"),
+                var("WANGGE_NATS_PORT", port),
+                var("WANGGE_NATS_MONITOR_PORT", -1),
+                var("WANGGE_NATS_HUB", &hub),
+            ];
+            (port, env)
+        })
+        .await;
         LeafNode { server, link }
     }
 
