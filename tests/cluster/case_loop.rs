@@ -10,7 +10,7 @@ use wangge_tests::Cluster;
 use wangge_tests::cluster::{DepartmentClient, TierClients, as_actor};
 use wangge_tests::fixtures::*;
 
-fn action(case: &pb::Case, note: &str) -> pb::CaseActionRequest {
+pub(crate) fn action(case: &pb::Case, note: &str) -> pb::CaseActionRequest {
     pb::CaseActionRequest {
         case_id: case.id.clone(),
         note: note.to_owned(),
@@ -28,7 +28,7 @@ fn department_action(case: &pb::Case, department: &str, note: &str) -> pb::Depar
 }
 
 /// The department signs for the case (签收) and reports it handled (处理反馈).
-async fn sign_and_handle(
+pub(crate) async fn sign_and_handle(
     handler: &mut DepartmentClient,
     handler_id: &str,
     case: &pb::Case,
@@ -55,7 +55,7 @@ async fn sign_and_handle(
 }
 
 /// Every tier holds the same history with `version` events; checks who did what where.
-async fn same_everywhere(clients: &TierClients, case: &pb::Case) -> Vec<pb::CaseEvent> {
+pub(crate) async fn same_everywhere(clients: &TierClients, case: &pb::Case) -> Vec<pb::CaseEvent> {
     let history = clients.converged(&case.id, case.version).await;
     for (i, event) in history.iter().enumerate() {
         assert_eq!(event.seq, i as u64 + 1);
@@ -71,7 +71,7 @@ async fn same_everywhere(clients: &TierClients, case: &pb::Case) -> Vec<pb::Case
     history
 }
 
-fn street_department(departments: &[pb::Department], kind: &str) -> String {
+pub(crate) fn street_department(departments: &[pb::Department], kind: &str) -> String {
     departments
         .iter()
         .find(|d| d.kind == kind)
@@ -313,8 +313,8 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, OTHER_GRID).await;
-    // The street acts at once: let it hold the report first.
-    clients.converged(&case.id, 1).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
     let mut street = clients.street_console();
     let case = street
         .accept_case(as_actor(STREET_OPERATOR, action(&case, "")))
@@ -422,8 +422,8 @@ async fn a_returned_case_is_dispatched_again() {
         .clone();
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
-    // The street acts at once: let it hold the report first.
-    clients.converged(&case.id, 1).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
     console
         .accept_case(as_actor(STREET_OPERATOR, action(&case, "")))
         .await
@@ -503,8 +503,8 @@ async fn illegal_steps_are_refused_and_change_nothing() {
     let department = street_department(&departments, "城管");
     let mut console = clients.street_console();
     let case = report_case(&clients, GRID).await;
-    // The street acts at once: let it hold the report first.
-    clients.converged(&case.id, 1).await;
+    // The street acts once the report has reached it.
+    same_everywhere(&clients, &case).await;
 
     // Dispatching before filing, checking before handling, closing what was never checked.
     let dispatch = pb::DispatchCaseRequest {
@@ -573,6 +573,8 @@ async fn illegal_steps_are_refused_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // The grid worker answers once the request has reached the village.
+    same_everywhere(&clients, &case).await;
     let failed = pb::ConfirmCheckRequest {
         case_id: case.id.clone(),
         passed: false,

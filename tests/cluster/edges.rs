@@ -418,12 +418,14 @@ async fn dump_config_layers_flags_over_environment_and_hides_secrets() {
             ),
             ("WANGGE_SCOPE", "350205"),
             ("WANGGE_LOG__FORMAT", "json"),
+            ("WANGGE_JETSTREAM_DOMAIN", "haicang"),
         ],
     )
     .await;
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("scope = \"350205002006\""), "{text}");
+    assert!(text.contains("jetstream_domain = \"haicang\""), "{text}");
     assert!(
         text.contains("postgres://wangge:***@db.example:5432/village"),
         "{text}"

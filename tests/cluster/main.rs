@@ -8,3 +8,4 @@ mod case_loop;
 mod client_errors;
 mod delivery;
 mod edges;
+mod topology;

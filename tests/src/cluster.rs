@@ -1,4 +1,6 @@
-//! The three tiers in-process against one nats-server and three fresh databases, with gRPC clients.
+//! The three tiers in-process against NATS and three fresh databases, with gRPC clients. NATS is
+//! one nats-server, or the production topology (a district hub, the village and the street on leaf
+//! nodes) with [`Cluster::start_on_leaves`] or, for the whole suite, `WANGGE_TEST_TOPOLOGY=leaf`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use wangge_tier::Config;
 use crate::db::TestDb;
 use crate::eventually;
 use crate::nats::NatsServer;
+use crate::topology::{self, LeafNodes, NatsTopology};
 
 /// The village and the street serve 新阳街道 (Haicang), the district serves Haicang.
 pub const VILLAGE_SCOPE: &str = "350205002";
@@ -145,33 +148,86 @@ impl Drop for TierHandle {
     }
 }
 
+/// Which NATS a test cluster runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One nats-server with JetStream, every tier connected to it.
+    SingleServer,
+    /// The district hub (JetStream, domain [`topology::DOMAIN`]) with the district connected to it,
+    /// and the village and the street each on a leaf node of it.
+    LeafNodes,
+}
+
+impl Topology {
+    /// `WANGGE_TEST_TOPOLOGY`: `leaf` runs every [`Cluster::start`] on leaf nodes; unset or
+    /// `single`, on one server.
+    pub fn from_env() -> Topology {
+        match std::env::var("WANGGE_TEST_TOPOLOGY").as_deref() {
+            Err(_) | Ok("" | "single") => Topology::SingleServer,
+            Ok("leaf") => Topology::LeafNodes,
+            Ok(other) => panic!("WANGGE_TEST_TOPOLOGY={other}: expected `single` or `leaf`"),
+        }
+    }
+}
+
 /// NATS, three databases and the three tiers.
 pub struct Cluster {
     pub village: TierHandle,
     pub street: TierHandle,
     pub district: TierHandle,
+    /// The server holding JetStream: the only one, or the district hub on leaf nodes.
     pub nats: NatsServer,
+    /// The village's and the street's leaf servers, when the cluster runs on leaf nodes.
+    pub leaves: Option<LeafNodes>,
 }
 
 impl Cluster {
+    /// The tiers with the test scopes, on the topology `WANGGE_TEST_TOPOLOGY` names.
     pub async fn start() -> Cluster {
         Cluster::start_with([VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE]).await
     }
 
     /// The tiers with the given scopes (village, street, district).
     pub async fn start_with(scopes: [&str; 3]) -> Cluster {
+        Cluster::start_on(Topology::from_env(), scopes).await
+    }
+
+    /// The tiers with the test scopes, the village and the street on leaf nodes of the hub.
+    pub async fn start_on_leaves() -> Cluster {
+        Cluster::start_on(
+            Topology::LeafNodes,
+            [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+        )
+        .await
+    }
+
+    pub async fn start_on(on: Topology, scopes: [&str; 3]) -> Cluster {
         crate::init_logs();
-        let nats = NatsServer::start().await;
+        let (nats, leaves) = match on {
+            Topology::SingleServer => (NatsServer::start().await, None),
+            Topology::LeafNodes => {
+                let NatsTopology { hub, leaves } = NatsTopology::start().await;
+                (hub, Some(leaves))
+            }
+        };
         let (vdb, sdb, ddb) = tokio::join!(
             TestDb::seeded("village"),
             TestDb::seeded("street"),
             TestDb::seeded("district")
         );
-        let url = nats.url();
+        // On leaf nodes the village and the street connect to their leaf, the district to the hub.
+        let url = |tier: Tier| match (&leaves, tier) {
+            (Some(leaves), Tier::Village | Tier::Street) => leaves.of(tier).url(),
+            _ => nats.url(),
+        };
+        let urls = [url(Tier::Village), url(Tier::Street), url(Tier::District)];
+        // On leaf nodes every tier names the hub's domain, the district too: one setting for all.
+        let domain = leaves.as_ref().map(|_| topology::DOMAIN.to_owned());
+        let configure = |config: &mut Config| config.jetstream_domain = domain.clone();
         let (village, street, district) = tokio::join!(
-            TierHandle::start(Tier::Village, scopes[0], &url, vdb),
-            TierHandle::start(Tier::Street, scopes[1], &url, sdb),
-            TierHandle::start(Tier::District, scopes[2], &url, ddb),
+            TierHandle::start_with(Tier::Village, scopes[0], &urls[0], vdb, configure),
+            TierHandle::start_with(Tier::Street, scopes[1], &urls[1], sdb, configure),
+            TierHandle::start_with(Tier::District, scopes[2], &urls[2], ddb, configure),
         );
         // Tests start acting at once: let the tiers' consumers be in place first.
         nats.case_stream_with_consumers(3).await;
@@ -180,7 +236,15 @@ impl Cluster {
             street,
             district,
             nats,
+            leaves,
         }
+    }
+
+    /// The leaf servers; panics unless the cluster runs on leaf nodes.
+    pub fn leaves(&self) -> &LeafNodes {
+        self.leaves
+            .as_ref()
+            .expect("the cluster runs on one server, not on leaf nodes")
     }
 
     pub async fn clients(&self) -> TierClients {
@@ -269,9 +333,20 @@ impl TierClients {
 
     /// Waits until all three tiers hold `version` events of the case and the same history; returns it.
     pub async fn converged(&self, case_id: &str, version: u64) -> Vec<pb::CaseEvent> {
+        self.converged_within(case_id, version, Duration::from_secs(15))
+            .await
+    }
+
+    /// Like [`Self::converged`], waiting up to `timeout`.
+    pub async fn converged_within(
+        &self,
+        case_id: &str,
+        version: u64,
+        timeout: Duration,
+    ) -> Vec<pb::CaseEvent> {
         eventually(
             &format!("case {case_id} at version {version} on every tier"),
-            Duration::from_secs(15),
+            timeout,
             || async {
                 let village = self.history(Tier::Village, case_id).await;
                 let street = self.history(Tier::Street, case_id).await;

@@ -1,5 +1,6 @@
-//! The test harness: brings up the real wangge (a nats-server child process, fresh PostgreSQL
-//! databases, the three tiers in-process or as binaries) and gives typed gRPC clients per tier.
+//! The test harness: brings up the real wangge (a nats-server child process, or a district hub
+//! with leaf nodes; fresh PostgreSQL databases; the three tiers in-process or as binaries) and
+//! gives typed gRPC clients per tier.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,13 +9,14 @@ pub mod db;
 pub mod fixtures;
 pub mod nats;
 pub mod process;
+pub mod topology;
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use cluster::{Cluster, TierClients};
+pub use cluster::{Cluster, TierClients, Topology};
 
 /// The repository's seeds folder.
 pub fn seeds_dir() -> PathBuf {

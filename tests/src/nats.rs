@@ -1,8 +1,11 @@
-//! A real nats-server with JetStream in a child process, on a free port, with its own store dir.
+//! A real nats-server in a child process, on a free port, with its own store dir: started with
+//! flags (one server with JetStream) or from one of the configuration files in `deploy/nats/`.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -11,8 +14,16 @@ use crate::{eventually, free_port};
 /// A nats-server child process; killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
+    launch: Launch,
+    /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
+    home: tempfile::TempDir,
+}
+
+/// How a server is started: its client port, arguments and environment.
+struct Launch {
     port: u16,
-    store: tempfile::TempDir,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
 }
 
 /// The nats-server binary: `WANGGE_NATS_SERVER`, else the one on PATH or Debian's.
@@ -35,49 +46,119 @@ pub fn binary() -> PathBuf {
     );
 }
 
+/// The (major, minor) version of [`binary`], asked once.
+pub fn version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let output = std::process::Command::new(binary())
+            .arg("--version")
+            .output()
+            .expect("run nats-server --version");
+        // "nats-server: v2.9.10"
+        let text = String::from_utf8_lossy(&output.stdout);
+        let number = text.trim().rsplit('v').next().unwrap_or_default();
+        let mut parts = number.split('.').map(|part| part.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+            _ => panic!("cannot read the nats-server version from {text:?}"),
+        }
+    })
+}
+
+/// The repository's `deploy/nats/` folder: the configuration files operators run.
+pub fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats")
+}
+
 impl NatsServer {
+    /// One server with JetStream and no configuration file, as development and most tests use.
     pub async fn start() -> NatsServer {
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
-        };
-        server.spawn().await;
-        server
+        NatsServer::launch(|home| {
+            let port = free_port();
+            let args = [
+                OsString::from("-a"),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string().into(),
+                "-js".into(),
+                "-sd".into(),
+                home.join("store").into(),
+            ];
+            Launch {
+                port,
+                args: args.into(),
+                env: Vec::new(),
+            }
+        })
+        .await
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new(binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            "nats-server to listen",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+    /// A server run from `file` in `deploy/nats/`, configured through the environment variables
+    /// the file names (`WANGGE_NATS_*`). `choose`, given the server's home directory, returns the
+    /// client port and the environment setting it; it is asked again when a port was taken before
+    /// the server could bind it.
+    pub async fn from_config(
+        file: &str,
+        mut choose: impl FnMut(&Path) -> (u16, Vec<(String, String)>),
+    ) -> NatsServer {
+        let path = deploy_dir().join(file);
+        assert!(path.exists(), "{} is missing", path.display());
+        NatsServer::launch(|home| {
+            let (port, env) = choose(home);
+            Launch {
+                port,
+                args: vec![OsString::from("-c"), path.clone().into()],
+                env,
+            }
+        })
+        .await
+    }
+
+    async fn launch(mut choose: impl FnMut(&Path) -> Launch) -> NatsServer {
+        let home = tempfile::tempdir().unwrap();
+        let mut attempt = 1;
+        loop {
+            let launch = choose(home.path());
+            match spawn(&launch, home.path()).await {
+                Ok(child) => {
+                    return NatsServer {
+                        child: Some(child),
+                        launch,
+                        home,
+                    };
+                }
+                // A free port is only free until someone binds it: choose again.
+                Err(log) if attempt < 3 && log.contains("address already in use") => attempt += 1,
+                Err(log) => panic!("nats-server {:?} did not start:\n{log}", launch.args),
+            }
+        }
+    }
+
+    /// The value the server was started with for an environment variable.
+    pub fn env(&self, name: &str) -> Option<&str> {
+        self.launch
+            .env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The store and log directory of this server.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// What the server logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(self.home.path())).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.launch.port
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.launch.port)
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -122,21 +203,30 @@ impl NatsServer {
 
     /// Starts the server again on the same port and store.
     pub async fn resume(&mut self) {
-        self.spawn().await;
+        match spawn(&self.launch, self.home.path()).await {
+            Ok(child) => self.child = Some(child),
+            Err(log) => panic!(
+                "nats-server {:?} did not start again:\n{log}",
+                self.launch.args
+            ),
+        }
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port with an empty store: the
     /// broker lost its disk.
     pub async fn restart_empty(&mut self) {
         self.kill().await;
-        self.store = tempfile::tempdir().unwrap();
-        self.spawn().await;
+        let store = self.home.path().join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).unwrap();
+        }
+        self.resume().await;
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn().await;
+        self.resume().await;
     }
 }
 
@@ -145,5 +235,54 @@ impl Drop for NatsServer {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
+    }
+}
+
+fn log_path(home: &Path) -> PathBuf {
+    home.join("nats-server.log")
+}
+
+/// Starts the server and waits until it listens; a server that exits first (a bad file, a port
+/// taken) gives what it logged.
+async fn spawn(launch: &Launch, home: &Path) -> Result<Child, String> {
+    let log_path = log_path(home);
+    // Appended, so a restarted server's log follows the one it replaced.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let logged_before = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let this_run = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.get(logged_before..).unwrap_or(&text).to_owned()
+    };
+    let mut child = Command::new(binary())
+        .args(&launch.args)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}):\n{}", this_run()));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", launch.port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server {:?} did not listen on {}:\n{}",
+            launch.args,
+            launch.port,
+            this_run()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -109,7 +109,15 @@ impl Consumer {
         interrupted: &mut Persisting,
     ) -> Result<(), Error> {
         let consumer = self.open().await?;
-        let mut messages = consumer.messages().await.map_err(Error::nats)?;
+        // Short pull requests with frequent heartbeats: a request lost with a leaf link (the tier's
+        // own connection to its leaf stays up) is noticed in seconds, not after half a minute.
+        let mut messages = consumer
+            .stream()
+            .expires(Duration::from_secs(10))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
         interrupted.succeeded(&format!("consumer {}", self.durable));
         loop {

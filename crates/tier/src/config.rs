@@ -24,6 +24,10 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Comma-separated NATS server URLs.
     pub nats_url: String,
+    /// The JetStream domain of the district hub (e.g. `haicang`), for a tier connected to a leaf
+    /// nats-server: a leaf forwards JetStream requests only when they name the hub's domain.
+    /// Unset, the JetStream of the server the tier connects to is used. See deploy/nats/README.md.
+    pub jetstream_domain: Option<String>,
     /// Consumer names are `<tier>-<scope>` unless set: instances sharing one share the work.
     pub consumer_name: Option<String>,
     /// How long an applied event's id stays in the inbox. The per-case sequence already refuses
@@ -159,6 +163,7 @@ impl Config {
             database_url: format!("postgres://postgres@127.0.0.1:5432/wangge_{name}").into(),
             database_max_connections: 16,
             nats_url: "nats://127.0.0.1:4222".into(),
+            jetstream_domain: None,
             consumer_name: None,
             inbox_retention_hours: 24 * 7,
             inbox_prune_every_secs: 600,

@@ -120,7 +120,11 @@ where
         )
         .await
         .context("bad NATS URL")?;
-    let js = jetstream::new(client.clone());
+    // A tier on a leaf nats-server reaches the hub's JetStream by naming its domain.
+    let js = match config.jetstream_domain.as_deref() {
+        Some(domain) if !domain.is_empty() => jetstream::with_domain(client.clone(), domain),
+        _ => jetstream::new(client.clone()),
+    };
     let delivery = &config.delivery;
     // The server may carry less than configured: an event must fit what it announces.
     let server_max = client.server_info().max_payload;
