@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod case_loop;
+mod chaos;
 mod delivery;
 mod edges;

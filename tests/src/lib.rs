@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod db;
 pub mod fixtures;

@@ -76,6 +76,28 @@ impl NatsServer {
         .await;
     }
 
+    /// Where the server listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Removes everything in the store directory: with the server down, its next start begins with
+    /// no stream, no consumer and no message, as after losing its disk.
+    pub fn wipe_store(&self) {
+        assert!(
+            self.child.is_none(),
+            "wipe the store of a stopped server only"
+        );
+        for entry in std::fs::read_dir(self.store.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
