@@ -47,7 +47,8 @@ pub struct TierProcess {
     scope: String,
     database_url: String,
     nats_url: String,
-    /// Where the tier's log goes (appended across restarts); the test's stderr when unset.
+    /// Where the tier's output goes (appended across restarts); nowhere (logs) and the test's stderr
+    /// (panics) when unset.
     log: Option<PathBuf>,
     child: Option<Child>,
 }
@@ -80,21 +81,24 @@ impl TierProcess {
     }
 
     async fn spawn(&mut self) {
-        let stderr = match &self.log {
-            Some(path) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(Stdio::from)
-                .unwrap_or_else(|e| panic!("open {}: {e}", path.display())),
-            None => Stdio::inherit(),
+        // The tiers log to stdout.
+        let (stdout, stderr) = match &self.log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
         };
         let child = Command::new(binary(self.tier))
             .args(["--scope", &self.scope, "--listen", &self.addr.to_string()])
             .env("WANGGE_DATABASE_URL", &self.database_url)
             .env("WANGGE_NATS_URL", &self.nats_url)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()

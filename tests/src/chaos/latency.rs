@@ -43,9 +43,15 @@ impl StreetWatch {
             .copied()
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for StreetWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

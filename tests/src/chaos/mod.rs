@@ -138,7 +138,7 @@ pub async fn run_fault(fault: &Fault, options: &Options) -> anyhow::Result<Row> 
     let department = street_department(&bed).await?;
     let ledger = Arc::new(Ledger::default());
     let watch = StreetWatch::start(bed.clients.street.clone());
-    let workload = Workload::start(&bed.clients, ledger.clone(), options.load, department);
+    let workload = Workload::start(&bed, ledger.clone(), options.load, department);
     tokio::time::sleep(options.warmup).await;
 
     let notes = fault.inject(&mut bed, &workload).await?;

@@ -77,3 +77,64 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut cut: watch::Re
         _ = cut.wait_for(|cut| *cut) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An echo server standing in for nats-server.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(socket: &mut TcpStream) -> io::Result<()> {
+        socket.write_all(b"PING\r\n").await?;
+        let mut answer = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(2), socket.read_exact(&mut answer)).await??;
+        assert_eq!(&answer, b"PING\r\n");
+        Ok(())
+    }
+
+    /// Reads until the proxy closes the connection; Ok(true) when it did.
+    async fn closed(socket: &mut TcpStream) -> bool {
+        let mut buffer = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buffer)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cut_closes_open_connections_and_refuses_new_ones_until_restored() {
+        let proxy = LinkProxy::start(echo().await).await.unwrap();
+        let addr = proxy.url().trim_start_matches("nats://").to_owned();
+        let mut before = TcpStream::connect(&addr).await.unwrap();
+        round_trip(&mut before).await.unwrap();
+
+        proxy.cut();
+        assert!(closed(&mut before).await, "the open connection is closed");
+        let mut during = TcpStream::connect(&addr).await.unwrap();
+        assert!(
+            closed(&mut during).await,
+            "a new connection is closed at once"
+        );
+
+        proxy.restore();
+        let mut after = TcpStream::connect(&addr).await.unwrap();
+        round_trip(&mut after).await.unwrap();
+    }
+}

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use wangge_proto as pb;
 use wangge_proto::CaseState;
 
-use crate::cluster::{
-    CasesClient, ConsoleClient, DepartmentClient, FieldClient, TierClients, as_actor,
-};
+use super::testbed::Testbed;
+use crate::cluster::{CasesClient, ConsoleClient, DepartmentClient, FieldClient, as_actor};
 use crate::fixtures::{STREET_OPERATOR, client_id, report};
 
 /// How long a client waits for an answer before it counts the call as failed (and retries).
@@ -130,12 +130,8 @@ pub struct Workload {
 
 impl Workload {
     /// Starts reporting and operating at once. `department` is the street department cases go to.
-    pub fn start(
-        clients: &TierClients,
-        ledger: Arc<Ledger>,
-        load: Load,
-        department: String,
-    ) -> Workload {
+    pub fn start(bed: &Testbed, ledger: Arc<Ledger>, load: Load, department: String) -> Workload {
+        let clients = &bed.clients;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut inboxes = Vec::new();
@@ -154,9 +150,13 @@ impl Workload {
         }
         let period = Duration::from_secs_f64(GRIDS.len() as f64 / load.rate.max(0.1));
         for (app, grid) in GRIDS.into_iter().enumerate() {
+            // Each field app on its own connection, as separate phones are (a clone of a channel
+            // would share one).
+            let own = Channel::from_shared(format!("http://{}", bed.village.process.addr))
+                .expect("a valid URI")
+                .connect_lazy();
             let app = FieldApp {
-                // Each field app on its own connection, as separate phones are.
-                field: FieldClient::new(clients.village.clone()),
+                field: FieldClient::new(own),
                 grid,
                 worker: format!("gw-{grid}"),
                 ledger: ledger.clone(),
@@ -192,6 +192,13 @@ impl Workload {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+impl Drop for Workload {
+    /// A run that failed half-way must not leave field apps retrying against a system that is gone.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -289,59 +296,89 @@ struct Operator {
 
 /// What became of a turn on a case.
 enum Turn {
-    /// Take it up again after this long.
-    Again(Duration),
+    /// A step was taken; the next one follows after [`STEP_PAUSE`].
+    Stepped,
+    /// The street does not hold the case yet (its link or the village's may be cut).
+    Absent,
+    /// The lookup or the step failed.
+    Failed,
+    /// Handled (or in a state the operator leaves alone).
     Done,
+}
+
+/// A case in an operator's hands.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    due: Instant,
+    /// Keeps cases due at the same instant in arrival order.
+    key: u64,
+    case_id: String,
+    failed: u32,
+    absent: u32,
 }
 
 /// Pause between two turns on the same case.
 const STEP_PAUSE: Duration = Duration::from_millis(300);
 /// Turns on one case that end in an error before the operator leaves it.
 const MAX_FAILED_TURNS: u32 = 40;
+/// Longest wait before looking again for a case the street does not hold: during a long cut
+/// thousands of cases wait, and looking for each every second would be a load of its own.
+const MAX_ABSENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Operator {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
-        // Due cases, earliest first: (due, tie-breaker, case id, failed turns).
-        let mut due: BinaryHeap<Reverse<(Instant, u64, String, u32)>> = BinaryHeap::new();
+        // Earliest due first.
+        let mut due: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
         let mut next_key = 0u64;
         loop {
-            let wake = due.peek().map(|Reverse((at, ..))| *at);
+            let wake = due.peek().map(|Reverse(pending)| pending.due);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 case = inbox.recv() => match case {
-                    Some(case) => {
+                    Some(case_id) => {
                         next_key += 1;
-                        due.push(Reverse((Instant::now() + STEP_PAUSE, next_key, case, 0)));
+                        due.push(Reverse(Pending {
+                            due: Instant::now() + STEP_PAUSE,
+                            key: next_key,
+                            case_id,
+                            failed: 0,
+                            absent: 0,
+                        }));
                     }
                     None => return,
                 },
                 _ = sleep_until(wake) => {
-                    let Some(Reverse((_, key, case, failed))) = due.pop() else { continue };
-                    match self.turn(&case).await {
-                        Ok(Turn::Done) => {}
-                        Ok(Turn::Again(after)) => due.push(Reverse((Instant::now() + after, key, case, failed))),
-                        Err(()) if failed < MAX_FAILED_TURNS => {
-                            due.push(Reverse((Instant::now() + STEP_PAUSE * 3, key, case, failed + 1)));
+                    let Some(Reverse(mut pending)) = due.pop() else { continue };
+                    let after = match self.turn(&pending.case_id).await {
+                        Turn::Done => continue,
+                        Turn::Stepped => STEP_PAUSE,
+                        Turn::Absent => {
+                            pending.absent += 1;
+                            (Duration::from_secs(1) * 2u32.pow(pending.absent.min(5))).min(MAX_ABSENT_WAIT)
                         }
-                        Err(()) => {}
-                    }
+                        Turn::Failed if pending.failed < MAX_FAILED_TURNS => {
+                            pending.failed += 1;
+                            STEP_PAUSE * 3
+                        }
+                        Turn::Failed => continue,
+                    };
+                    pending.due = Instant::now() + after;
+                    due.push(Reverse(pending));
                 }
             }
         }
     }
 
     /// Looks the case up at the street and takes the step its state calls for.
-    async fn turn(&mut self, case_id: &str) -> Result<Turn, ()> {
+    async fn turn(&mut self, case_id: &str) -> Turn {
         let lookup = pb::GetCaseRequest {
             case_id: case_id.to_owned(),
         };
         let case = match call(self.cases.get_case(lookup)).await {
             Ok(case) => case,
             // Not at the street yet (its link may be cut): look again later.
-            Err(status) if status.code() == Code::NotFound => {
-                return Ok(Turn::Again(Duration::from_secs(1)));
-            }
-            Err(_) => return Err(()),
+            Err(status) if status.code() == Code::NotFound => return Turn::Absent,
+            Err(_) => return Turn::Failed,
         };
         let action = |note: &str| pb::CaseActionRequest {
             case_id: case_id.to_owned(),
@@ -394,7 +431,7 @@ impl Operator {
                 )
                 .await,
             ),
-            _ => return Ok(Turn::Done),
+            _ => return Turn::Done,
         };
         match answer {
             Ok(case) => {
@@ -405,14 +442,14 @@ impl Operator {
                     at: Instant::now(),
                 });
                 if case.state() == CaseState::Handled {
-                    Ok(Turn::Done)
+                    Turn::Done
                 } else {
-                    Ok(Turn::Again(STEP_PAUSE))
+                    Turn::Stepped
                 }
             }
             Err(status) => {
                 self.ledger.error("step", status.code());
-                Err(())
+                Turn::Failed
             }
         }
     }
