@@ -94,10 +94,17 @@ impl Ledger {
 }
 
 /// Worth sending again with the same client id: the tier may be restarting, paused or cut off.
+/// RESOURCE_EXHAUSTED is how tonic reports an HTTP/2 GOAWAY with ENHANCE_YOUR_CALM: a tier that
+/// was paused finds the requests its clients gave up on meanwhile reset, and past 20 such resets
+/// h2 closes the connection.
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
     )
 }
 
