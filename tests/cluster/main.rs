@@ -5,6 +5,7 @@
 
 mod bus;
 mod case_loop;
+mod chaos;
 mod client_errors;
 mod delivery;
 mod edges;

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod db;
 pub mod fixtures;

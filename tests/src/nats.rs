@@ -157,6 +157,24 @@ impl NatsServer {
         self.launch.port
     }
 
+    /// Where the server listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port()))
+    }
+
+    /// Removes everything in the store directory: with the server down, its next start begins with
+    /// no stream, no consumer and no message, as after losing its disk.
+    pub fn wipe_store(&self) {
+        assert!(
+            self.child.is_none(),
+            "wipe the store of a stopped server only"
+        );
+        let store = self.home.path().join("store");
+        if store.exists() {
+            std::fs::remove_dir_all(&store).unwrap();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.launch.port)
     }
@@ -216,10 +234,7 @@ impl NatsServer {
     /// broker lost its disk.
     pub async fn restart_empty(&mut self) {
         self.kill().await;
-        let store = self.home.path().join("store");
-        if store.exists() {
-            std::fs::remove_dir_all(&store).unwrap();
-        }
+        self.wipe_store();
         self.resume().await;
     }
 

@@ -25,14 +25,16 @@ pub fn binary(tier: Tier) -> PathBuf {
 pub fn workspace_binary(name: &str) -> PathBuf {
     let dir = match std::env::var("WANGGE_BIN_DIR") {
         Ok(dir) => PathBuf::from(dir),
-        // target/debug/deps/cluster-<hash> -> target/debug
-        Err(_) => std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf(),
+        // target/debug/deps/cluster-<hash> or target/debug/wangge-chaos -> target/debug
+        Err(_) => {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap();
+            if dir.ends_with("deps") {
+                dir.parent().unwrap().to_path_buf()
+            } else {
+                dir.to_path_buf()
+            }
+        }
     };
     let path = dir.join(name);
     assert!(
@@ -50,11 +52,25 @@ pub struct TierProcess {
     scope: String,
     database_url: String,
     nats_url: String,
+    /// Where the tier's output goes (appended across restarts); nowhere (logs) and the test's stderr
+    /// (panics) when unset.
+    log: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl TierProcess {
     pub async fn start(tier: Tier, scope: &str, database_url: &str, nats_url: &str) -> TierProcess {
+        TierProcess::start_logging(tier, scope, database_url, nats_url, None).await
+    }
+
+    /// Like [`Self::start`], with the tier's log appended to `log` when given.
+    pub async fn start_logging(
+        tier: Tier,
+        scope: &str,
+        database_url: &str,
+        nats_url: &str,
+        log: Option<PathBuf>,
+    ) -> TierProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut process = TierProcess {
             tier,
@@ -62,6 +78,7 @@ impl TierProcess {
             scope: scope.to_owned(),
             database_url: database_url.to_owned(),
             nats_url: nats_url.to_owned(),
+            log,
             child: None,
         };
         process.spawn().await;
@@ -69,13 +86,25 @@ impl TierProcess {
     }
 
     async fn spawn(&mut self) {
+        // The tiers log to stdout.
+        let (stdout, stderr) = match &self.log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
         let child = Command::new(binary(self.tier))
             .args(["--scope", &self.scope, "--listen", &self.addr.to_string()])
             .env("WANGGE_DATABASE_URL", &self.database_url)
             .env("WANGGE_NATS_URL", &self.nats_url)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start tier binary");
@@ -96,6 +125,26 @@ impl TierProcess {
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
+    }
+
+    /// SIGSTOP: the process freezes with its connections open, as a machine that hangs does.
+    pub async fn pause(&self) {
+        self.signal("-STOP").await;
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub async fn resume(&self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
     }
 
     /// Starts the binary again on the same port, database and NATS.
