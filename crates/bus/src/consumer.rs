@@ -83,11 +83,16 @@ impl Consumer {
 
     /// Consumes until `shutdown`; a batch being handled is finished and acknowledged first.
     /// Interruptions (NATS away, stream or consumer gone) are waited out and repaired.
-    pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) {
+    pub async fn run<H: Handler + Clone>(self, handler: H, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         let mut interrupted = Persisting::default();
         while !shutdown.is_cancelled() {
-            match self.consume(&handler, &shutdown, &mut interrupted).await {
+            let mut live = LiveLane::default();
+            let consumed = self
+                .consume(&handler, &shutdown, &mut interrupted, &mut live)
+                .await;
+            live.stop().await;
+            match consumed {
                 Ok(()) => break,
                 Err(error) => {
                     interrupted.failed(&format!("consumer {}", self.durable), &error);
@@ -102,11 +107,12 @@ impl Consumer {
         debug!(durable = %self.durable, "consumer stopped");
     }
 
-    async fn consume<H: Handler>(
+    async fn consume<H: Handler + Clone>(
         &self,
         handler: &H,
         shutdown: &CancellationToken,
         interrupted: &mut Persisting,
+        live: &mut LiveLane,
     ) -> Result<(), Error> {
         let consumer = self.open().await?;
         // Short pull requests with frequent heartbeats: a request lost with a leaf link (the tier's
@@ -140,6 +146,16 @@ impl Consumer {
                     Some(None) | None => break,
                 }
             }
+            // How far behind the stream this consumer is: a backlog gets a live lane beside it.
+            let behind = batch
+                .last()
+                .and_then(|m| m.info().ok())
+                .map_or(0, |info| info.pending);
+            if behind > LIVE_LANE_FROM {
+                live.start(&self.js, &self.filter, handler, shutdown);
+            } else if behind < LIVE_LANE_UNTIL {
+                live.stop().await;
+            }
             let inputs: Vec<Message<'_>> = batch
                 .iter()
                 .map(|m| Message {
@@ -161,6 +177,116 @@ impl Consumer {
                 }
             }
         }
+    }
+}
+
+/// A backlog this long (messages not yet delivered to the durable consumer) opens the live lane;
+/// one this short closes it again.
+const LIVE_LANE_FROM: u64 = 500;
+const LIVE_LANE_UNTIL: u64 = 50;
+
+/// While the durable consumer drains a backlog (after a cut link, a restart), the live lane applies
+/// what is published now, so a live report does not wait behind thousands of old ones: an ephemeral
+/// consumer that starts at the stream's end and acknowledges nothing. Everything it applies comes
+/// again through the durable consumer, as a duplicate; what it fails to apply, too.
+#[derive(Debug, Default)]
+struct LiveLane {
+    running: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl LiveLane {
+    fn start<H: Handler + Clone>(
+        &mut self,
+        js: &jetstream::Context,
+        filter: &str,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|(_, task)| !task.is_finished())
+        {
+            return;
+        }
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(live_lane(
+            js.clone(),
+            filter.to_owned(),
+            handler.clone(),
+            stop.clone(),
+        ));
+        info!(%filter, "backlog: live lane opened beside the consumer");
+        self.running = Some((stop, task));
+    }
+
+    async fn stop(&mut self) {
+        if let Some((stop, task)) = self.running.take() {
+            stop.cancel();
+            let _ = task.await;
+            info!("backlog drained: live lane closed");
+        }
+    }
+}
+
+async fn live_lane<H: Handler>(
+    js: jetstream::Context,
+    filter: String,
+    handler: H,
+    stop: CancellationToken,
+) {
+    let open = async {
+        let stream = ensure_stream(&js).await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: filter.clone(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        consumer
+            .stream()
+            .expires(Duration::from_secs(10))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(Error::nats)
+    };
+    let mut messages = match open.await {
+        Ok(messages) => messages,
+        Err(error) => {
+            warn!(%error, "live lane not opened");
+            return;
+        }
+    };
+    loop {
+        let first = tokio::select! {
+            next = messages.next() => next,
+            _ = stop.cancelled() => return,
+        };
+        let Some(Ok(first)) = first else {
+            // The durable consumer delivers everything anyway; the lane only speeds things up.
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        let inputs: Vec<Message<'_>> = batch
+            .iter()
+            .map(|m| Message {
+                subject: m.subject.as_str(),
+                payload: &m.payload,
+                delivered: 1,
+            })
+            .collect();
+        handler.handle(&inputs).await;
     }
 }
 

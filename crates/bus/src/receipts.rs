@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use async_nats::Client;
 use futures::{FutureExt, StreamExt};
@@ -126,10 +127,24 @@ where
         }
         for (tier, ids) in by_tier {
             let tier = Tier::try_from(tier).unwrap_or_default();
-            match confirm(tier, ids).await {
-                Ok(gone) => debug!(?tier, gone, "receipts applied"),
-                // The outbox keeps the rows: reconciliation confirms them later.
-                Err(error) => warn!(%error, ?tier, "receipts not applied"),
+            // A database away for a moment should not cost the receipts: try a few times. After
+            // that the outbox keeps the rows, and reconciliation confirms them later.
+            let mut pause = Duration::from_millis(250);
+            for attempt in 1..=5 {
+                match confirm(tier, ids.clone()).await {
+                    Ok(gone) => {
+                        debug!(?tier, gone, "receipts applied");
+                        break;
+                    }
+                    Err(error) if attempt == 5 => warn!(%error, ?tier, "receipts not applied"),
+                    Err(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                        pause *= 2;
+                    }
+                }
             }
         }
     }

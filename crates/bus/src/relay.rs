@@ -41,6 +41,9 @@ impl RelayHandle {
     }
 }
 
+/// The newest rows of every round: a live report leaves at once, also while a backlog drains.
+const LIVE_ROWS: i64 = 32;
+
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -182,7 +185,7 @@ impl Relay {
     /// Publishes one batch of due rows; returns how many JetStream acknowledged.
     async fn publish_round(&mut self) -> Result<usize, Error> {
         let mut tx = self.pool.begin().await.map_err(wangge_store::Error::from)?;
-        let rows = outbox::claim_unpublished(&mut tx, self.settings.batch).await?;
+        let rows = outbox::claim_unpublished(&mut tx, LIVE_ROWS, self.settings.batch).await?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -25,6 +25,7 @@ pub struct Pending {
     pub checks: i32,
     pub stream_seq: Option<i64>,
     pub stream_created: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Queues an event in the caller's transaction, to be confirmed by `peers` (tier names).
@@ -53,18 +54,41 @@ pub async fn enqueue(
 }
 
 const COLUMNS: &str =
-    "event_id, subject, body, sends, failures, checks, stream_seq, stream_created";
+    "event_id, subject, body, sends, failures, checks, stream_seq, stream_created, created_at";
 
-/// The oldest unpublished events that are due, locked so a second relay skips them.
-pub async fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
-    Ok(sqlx::query_as(&format!(
+/// Unpublished events that are due, locked so a second relay skips them: the `newest` ones first
+/// (live reports do not wait behind a backlog), then the oldest up to `limit` in all.
+pub async fn claim_unpublished(
+    conn: &mut PgConnection,
+    newest: i64,
+    limit: i64,
+) -> Result<Vec<Pending>> {
+    let mut rows: Vec<Pending> = sqlx::query_as(&format!(
+        "SELECT * FROM (
+            SELECT {COLUMNS} FROM outbox
+            WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp()
+            ORDER BY created_at DESC, event_id DESC LIMIT $1 FOR UPDATE SKIP LOCKED
+         ) live ORDER BY created_at, event_id"
+    ))
+    .bind(newest)
+    .fetch_all(&mut *conn)
+    .await?;
+    if (rows.len() as i64) < newest {
+        return Ok(rows);
+    }
+    let taken: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let backlog: Vec<Pending> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM outbox
          WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp()
-         ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED"
+           AND NOT (event_id = ANY($1))
+         ORDER BY created_at, event_id LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
-    .bind(limit)
+    .bind(&taken)
+    .bind(limit - newest)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    rows.extend(backlog);
+    Ok(rows)
 }
 
 /// Published events still awaiting a confirmation whose check is due, locked.

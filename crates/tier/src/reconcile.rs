@@ -79,6 +79,8 @@ struct Tally {
 /// Most marks per answer, and cases asked about at once.
 const MARKS_PAGE: i64 = 2000;
 const CASES_PER_ASK: usize = 500;
+/// The first full run comes this long after the start.
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
 /// A stuck case is asked about at most this often.
 const REPAIR_EVERY: Duration = Duration::from_secs(3);
 
@@ -103,10 +105,12 @@ impl Reconciler {
         let mut repairs = self.repairs.clone().lock_owned().await;
         let (mut running, mut sweeping) = (Persisting::default(), Persisting::default());
         let mut recent: HashMap<Uuid, Instant> = HashMap::new();
-        let mut next_run = Instant::now();
+        // The first run waits for the peers starting alongside to answer.
+        let mut next_run = Instant::now() + FIRST_RUN_AFTER;
         let mut next_sweep = Instant::now() + self.settings.sweep_every;
+        let mut next_confirm = Instant::now() + self.settings.confirm_within;
         loop {
-            let wake = next_run.min(next_sweep);
+            let wake = next_run.min(next_sweep).min(next_confirm);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = self.reconnected.notified() => {
@@ -127,10 +131,31 @@ impl Reconciler {
                 self.sweep(&mut recent, &mut sweeping).await;
                 next_sweep = Instant::now() + self.settings.sweep_every;
             }
+            if now >= next_confirm {
+                self.confirm_round().await;
+                next_confirm = Instant::now() + self.settings.confirm_within;
+            }
             if now >= next_run {
                 self.full_run(&mut running).await;
                 next_run = Instant::now() + self.settings.every;
             }
+        }
+    }
+
+    /// Asks every peer about the events it has not confirmed for a while: a receipt lost while
+    /// this tier was down, paused or without its database costs seconds, not a full run's wait.
+    async fn confirm_round(&self) {
+        let mut tally = Tally::default();
+        for &peer in self.engine.peers() {
+            if let Err(error) = self.confirm_stale(peer, &mut tally).await {
+                debug!(peer = tier_name(peer), %error, "asking a peer about unconfirmed events failed");
+            }
+        }
+        if tally.confirmed > 0 {
+            info!(
+                confirmed = tally.confirmed,
+                "events confirmed by their peers' marks"
+            );
         }
     }
 
@@ -365,13 +390,9 @@ impl Reconciler {
     /// Asks `peer` about events it has not confirmed for a while: a lost receipt is made good here.
     async fn confirm_stale(&self, peer: pb::Tier, tally: &mut Tally) -> anyhow::Result<()> {
         let pool = self.engine.pool();
-        let stale = outbox::unconfirmed_by(
-            pool,
-            tier_name(peer),
-            self.settings.confirm_within * 2,
-            10_000,
-        )
-        .await?;
+        let stale =
+            outbox::unconfirmed_by(pool, tier_name(peer), self.settings.confirm_within, 10_000)
+                .await?;
         let mut by_community: BTreeMap<OrgCode, Vec<String>> = BTreeMap::new();
         for row in stale {
             if let Some(grid) = grid_of_subject(&row.subject) {

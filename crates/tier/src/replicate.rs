@@ -49,7 +49,7 @@ pub struct Repair {
 /// Why applying failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// The database is away: try the same again later.
+    /// The database is away (or the transaction lost a race): try the same again later.
     Unavailable(String),
     /// Something about the message: it must not hold up the others.
     Message(String),
@@ -66,10 +66,12 @@ impl std::fmt::Display for Failure {
 
 impl From<wangge_store::Error> for Failure {
     fn from(e: wangge_store::Error) -> Failure {
-        if e.is_unavailable() {
-            Failure::Unavailable(e.to_string())
-        } else {
-            Failure::Message(e.to_string())
+        match e.class() {
+            // A lost race (two lanes or instances locking the same cases) is tried again too.
+            wangge_store::Class::Unavailable | wangge_store::Class::Contention => {
+                Failure::Unavailable(e.to_string())
+            }
+            wangge_store::Class::Permanent => Failure::Message(e.to_string()),
         }
     }
 }
