@@ -184,10 +184,12 @@ impl Consumer {
 /// one this short closes it again.
 const LIVE_LANE_FROM: u64 = 500;
 const LIVE_LANE_UNTIL: u64 = 50;
+/// How far back the live lane starts.
+const LIVE_LANE_LOOKBACK: Duration = Duration::from_secs(10);
 
 /// While the durable consumer drains a backlog (after a cut link, a restart), the live lane applies
 /// what is published now, so a live report does not wait behind thousands of old ones: an ephemeral
-/// consumer that starts at the stream's end and acknowledges nothing. Everything it applies comes
+/// consumer that starts near the stream's end and acknowledges nothing. Everything it applies comes
 /// again through the durable consumer, as a duplicate; what it fails to apply, too.
 #[derive(Debug, Default)]
 struct LiveLane {
@@ -240,7 +242,11 @@ async fn live_lane<H: Handler>(
         let consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: filter.clone(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                // From a little before now: the reports sent since the backlog began to drain
+                // are live too.
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                    start_time: (std::time::SystemTime::now() - LIVE_LANE_LOOKBACK).into(),
+                },
                 ack_policy: jetstream::consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()

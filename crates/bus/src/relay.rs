@@ -236,7 +236,7 @@ impl Relay {
             } else if own_fault {
                 warn!(event_id = %row.event_id, failures = row.failures + 1, %error, "event not published, retrying it later");
                 let delay = backoff(Duration::from_secs(1), row.failures);
-                outbox::postpone(&mut tx, row.event_id, delay, Some(&reason), true, false).await?;
+                outbox::failed_send(&mut tx, row.event_id, delay, &reason).await?;
                 continue;
             }
             first_error.get_or_insert(reason);
@@ -282,6 +282,7 @@ impl Relay {
         self.incarnation = Some(created);
         let holes = info.state.deleted_count.unwrap_or(0) > 0;
         let mut lost: Vec<Uuid> = Vec::new();
+        let mut later = Vec::new();
         for row in &rows {
             let seq = row.stream_seq.unwrap_or(0).max(0) as u64;
             let mut held = row.stream_created == Some(created)
@@ -298,12 +299,15 @@ impl Relay {
                 };
             }
             if held {
-                let delay = backoff(self.settings.confirm_within, row.checks);
-                outbox::postpone(&mut tx, row.event_id, delay, None, false, true).await?;
+                later.push((
+                    row.event_id,
+                    backoff(self.settings.confirm_within, row.checks),
+                ));
             } else {
                 lost.push(row.event_id);
             }
         }
+        outbox::check_later(&mut tx, &later).await?;
         outbox::unpublish(&mut tx, &lost, "no longer in the stream: sent again").await?;
         tx.commit().await.map_err(wangge_store::Error::from)?;
         if !lost.is_empty() {

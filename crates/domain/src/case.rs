@@ -68,6 +68,16 @@ pub fn tier_name(tier: Tier) -> &'static str {
     }
 }
 
+/// The tier a lowercase name stands for (the inverse of [`tier_name`]); unspecified for others.
+pub fn tier_named(name: &str) -> Tier {
+    match name {
+        "village" => Tier::Village,
+        "street" => Tier::Street,
+        "district" => Tier::District,
+        _ => Tier::Unspecified,
+    }
+}
+
 /// Lowercase name of a state, for messages and the database.
 pub fn state_name(state: State) -> &'static str {
     match state {

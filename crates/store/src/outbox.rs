@@ -145,28 +145,42 @@ pub async fn published(
     Ok(())
 }
 
-/// Puts off the next attempt (or check) of an event by `delay`, noting why. `own_fault` counts a
-/// failed send against the event (others got through, so the event itself is the problem);
-/// `checked` counts a check that found the event still on its way.
-pub async fn postpone(
+/// Puts off the next send of an event whose last send failed by its own fault (others got
+/// through, so the event itself is the problem) by `delay`, counting the failure.
+pub async fn failed_send(
     conn: &mut PgConnection,
     event_id: Uuid,
     delay: Duration,
-    error: Option<&str>,
-    own_fault: bool,
-    checked: bool,
+    error: &str,
 ) -> Result<()> {
     sqlx::query(
         "UPDATE outbox SET next_attempt_at = clock_timestamp() + make_interval(secs => $2),
-                last_error = COALESCE($3, last_error),
-                failures = failures + $4::int, checks = checks + $5::int
+                last_error = $3, failures = failures + 1
          WHERE event_id = $1",
     )
     .bind(event_id)
     .bind(delay.as_secs_f64())
     .bind(error)
-    .bind(i32::from(own_fault))
-    .bind(i32::from(checked))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts off the next check of events found still on their way, each by its own delay.
+pub async fn check_later(conn: &mut PgConnection, later: &[(Uuid, Duration)]) -> Result<()> {
+    if later.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = later.iter().map(|l| l.0).collect();
+    let delays: Vec<f64> = later.iter().map(|l| l.1.as_secs_f64()).collect();
+    sqlx::query(
+        "UPDATE outbox o SET checks = o.checks + 1,
+                next_attempt_at = clock_timestamp() + make_interval(secs => d.delay)
+         FROM UNNEST($1::uuid[], $2::float8[]) AS d(id, delay)
+         WHERE o.event_id = d.id",
+    )
+    .bind(&ids)
+    .bind(&delays)
     .execute(conn)
     .await?;
     Ok(())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tonic::{Request, Response, Status};
-use wangge_domain::case::tier_name;
+use wangge_domain::case::{tier_name, tier_named};
 use wangge_proto as pb;
 use wangge_store::{cases, outbox, replication};
 
@@ -61,22 +61,6 @@ async fn within<T: Default>(
             problems.push(format!("database ({what}): no answer within {DEADLINE:?}"));
             T::default()
         }
-    }
-}
-
-fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn tier_of(name: &str) -> pb::Tier {
-    match name {
-        "village" => pb::Tier::Village,
-        "street" => pb::Tier::Street,
-        "district" => pb::Tier::District,
-        _ => pb::Tier::Unspecified,
     }
 }
 
@@ -222,7 +206,7 @@ impl Admin {
             awaiting_confirmation: awaiting
                 .into_iter()
                 .map(|p| pb::PeerBacklog {
-                    tier: tier_of(&p.tier) as i32,
+                    tier: tier_named(&p.tier) as i32,
                     events: p.events.max(0) as u64,
                     oldest_seconds: p.oldest_seconds,
                 })
@@ -244,7 +228,9 @@ impl Admin {
                     .collect(),
             }),
             reconciliation: Some(pb::Reconciliation {
-                last_run: report.last_run.map(timestamp),
+                last_run: report
+                    .last_run
+                    .map(|at| std::time::SystemTime::from(at).into()),
                 last_run_seconds: report.last_run_seconds,
                 compared: report.compared,
                 unreachable: report.unreachable,

@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use anyhow::Context as _;
 use chrono::{FixedOffset, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
@@ -120,7 +121,7 @@ impl Engine {
 
     /// Reads the scope's grids from the registry again; returns how many there are.
     pub async fn reload_grids(&self) -> anyhow::Result<usize> {
-        let index = crate::load_grids(&self.pool, &self.scope).await?;
+        let index = load_grids(&self.pool, &self.scope).await?;
         let count = index.len();
         *self.grids.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
         Ok(count)
@@ -346,4 +347,30 @@ pub(crate) fn stored_grid(case: &pb::Case) -> Result<GridCode, Error> {
     case.grid_code
         .parse()
         .map_err(|e| Error::invalid("grid_code", format!("{e}")))
+}
+
+/// The grids of the scope, from the registry.
+pub(crate) async fn load_grids(pool: &sqlx::PgPool, scope: &Scope) -> anyhow::Result<GridIndex> {
+    let rows = wangge_store::registry::grids(pool, scope.prefix()).await?;
+    let mut grids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let code = row
+            .grid
+            .code
+            .parse()
+            .map_err(|e| anyhow::anyhow!("grid {}: {e}", row.grid.code))?;
+        let geometry: geojson::Geometry = serde_json::from_str(&row.boundary)
+            .with_context(|| format!("grid {code}: boundary is not GeoJSON"))?;
+        let boundary = match geo::Geometry::<f64>::try_from(geometry)
+            .with_context(|| format!("grid {code}: boundary"))?
+        {
+            geo::Geometry::Polygon(p) => geo::MultiPolygon(vec![p]),
+            geo::Geometry::MultiPolygon(mp) => mp,
+            _ => anyhow::bail!("grid {code}: boundary is not a polygon"),
+        };
+        grids.push((code, boundary));
+    }
+    let index = GridIndex::new(grids);
+    info!(grids = index.len(), "grid index loaded");
+    Ok(index)
 }

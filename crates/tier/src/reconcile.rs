@@ -452,10 +452,7 @@ fn differing_days(mine: &[sync::DayDigest], theirs: &[pb::DayDigest]) -> Vec<Nai
 }
 
 fn timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    std::time::SystemTime::from(at).into()
 }
 
 fn from_timestamp(ts: Option<prost_types::Timestamp>) -> Result<chrono::DateTime<Utc>, String> {

@@ -207,13 +207,7 @@ impl Replicator {
     ) -> Result<Effects, Failure> {
         let mut tx = self.engine.pool().begin().await?;
         let mut effects = Effects::default();
-        let event = match pb::Envelope::decode(message.payload) {
-            Ok(pb::Envelope {
-                body: Some(pb::envelope::Body::CaseEvent(event)),
-                ..
-            }) => Some(event),
-            _ => None,
-        };
+        let event = case_event_in(message.payload).ok();
         let grid = grid_of_subject(message.subject);
         let held = event.as_ref().zip(grid).map(|(event, grid)| Held {
             author: event.tier(),
@@ -250,26 +244,9 @@ impl Replicator {
                 "message delivered again and again"
             );
         }
-        let event = match pb::Envelope::decode(payload) {
-            Ok(pb::Envelope {
-                body: Some(pb::envelope::Body::CaseEvent(event)),
-                ..
-            }) => event,
-            Ok(_) => {
-                return set_aside(
-                    tx,
-                    subject,
-                    payload,
-                    None,
-                    None,
-                    "envelope without a case event",
-                )
-                .await;
-            }
-            Err(e) => {
-                let reason = format!("undecodable envelope: {e}");
-                return set_aside(tx, subject, payload, None, None, &reason).await;
-            }
+        let event = match case_event_in(payload) {
+            Ok(event) => event,
+            Err(reason) => return set_aside(tx, subject, payload, None, None, &reason).await,
         };
         let (Some(event_id), Some(case_id)) = ids(Some(&event)) else {
             return set_aside(
@@ -418,20 +395,16 @@ impl Replicator {
     ) -> Result<(), Failure> {
         let case_id = Uuid::parse_str(&case.id).map_err(|e| Failure::Message(e.to_string()))?;
         while let Some(parked) = replication::unpark(tx, case_id, case.version + 1).await? {
-            let event = match pb::Envelope::decode(parked.body.as_slice()) {
-                Ok(pb::Envelope {
-                    body: Some(pb::envelope::Body::CaseEvent(event)),
-                    ..
-                }) => event,
-                _ => {
-                    let reason = "parked envelope does not decode";
+            let event = match case_event_in(&parked.body) {
+                Ok(event) => event,
+                Err(reason) => {
                     set_aside(
                         tx,
                         &parked.subject,
                         &parked.body,
                         Some(parked.event_id),
                         Some(case_id),
-                        reason,
+                        &reason,
                     )
                     .await?;
                     break;
@@ -586,7 +559,7 @@ impl Replicator {
                     case_id: c.case_id,
                     community: grid.community(),
                     have: c.have.max(0) as u64,
-                    author: tier_named(&c.author_tier),
+                    author: machine::tier_named(&c.author_tier),
                 })
             })
             .collect())
@@ -595,18 +568,21 @@ impl Replicator {
 
 fn held_of_parked(parked: &Parked) -> Option<Held> {
     Some(Held {
-        author: tier_named(&parked.author_tier),
+        author: machine::tier_named(&parked.author_tier),
         community: grid_of_subject(&parked.subject)?.community(),
         event_id: parked.event_id.to_string(),
     })
 }
 
-fn tier_named(name: &str) -> pb::Tier {
-    match name {
-        "village" => pb::Tier::Village,
-        "street" => pb::Tier::Street,
-        "district" => pb::Tier::District,
-        _ => pb::Tier::Unspecified,
+/// The case event an envelope carries, or why there is none.
+fn case_event_in(envelope: &[u8]) -> Result<pb::CaseEvent, String> {
+    match pb::Envelope::decode(envelope) {
+        Ok(pb::Envelope {
+            body: Some(pb::envelope::Body::CaseEvent(event)),
+            ..
+        }) => Ok(event),
+        Ok(_) => Err("envelope without a case event".to_owned()),
+        Err(e) => Err(format!("undecodable envelope: {e}")),
     }
 }
 

@@ -1,0 +1,432 @@
+//! Start-up and shutdown of a tier: the database, NATS, the background work under the supervisor,
+//! the gRPC server with health, reflection and grpc-web, and the one graceful stop.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+use wangge_bus::receipts::ReceiptSender;
+use wangge_bus::sync::SyncClient;
+use wangge_bus::{Consumer, Relay, RelayHandle, RelaySettings};
+use wangge_domain::Scope;
+use wangge_domain::case::tier_name;
+use wangge_proto as pb;
+
+use crate::engine::load_grids;
+use crate::{Config, Engine, Shared, admin, query, reconcile, replicate, supervisor};
+
+/// Room for the headers and the subject next to an event in a NATS message.
+const MESSAGE_OVERHEAD: usize = 1024;
+
+/// Runs a tier until `shutdown` resolves: connects its database (migrating it) and NATS, starts the
+/// background work under the supervisor, serves gRPC on `listener` with the shared services plus
+/// those `mount` adds (returning their gRPC names, for reflection), then stops in order: health
+/// NOT_SERVING, streams end, in-flight calls finish, background work stops, NATS drains, the pool
+/// closes. Returns an error when a background task kept failing (the process should exit non-zero).
+pub async fn run<F>(
+    tier: pb::Tier,
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+    mount: impl FnOnce(&Shared, &mut RoutesBuilder) -> Vec<&'static str>,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let scope: Scope = config
+        .scope
+        .parse()
+        .map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+    let name = format!("{}-{}", tier_name(tier), scope.prefix());
+    let options = PgConnectOptions::from_str(config.database_url.expose_secret())
+        .context("database_url is not a PostgreSQL URL")?
+        .application_name(&name);
+    let pool = wangge_store::connect(options, config.database_max_connections)
+        .await
+        .context("cannot open the database")?;
+    let grids = load_grids(&pool, &scope).await?;
+    if grids.is_empty() {
+        warn!(%scope, "no grids in scope: seed the registry (wangge-seed), reports will be refused");
+    }
+
+    let (client, reconnected) = connect_nats(&config, &name).await?;
+    // A tier on a leaf nats-server reaches the hub's JetStream by naming its domain.
+    let js = match config.jetstream_domain.as_deref() {
+        Some(domain) if !domain.is_empty() => jetstream::with_domain(client.clone(), domain),
+        _ => jetstream::new(client.clone()),
+    };
+    let delivery = &config.delivery;
+    // The server may carry less than configured: an event must fit what it announces.
+    let server_max = client.server_info().max_payload;
+    let max_event_bytes = match server_max {
+        0 => delivery.max_event_bytes,
+        max => delivery
+            .max_event_bytes
+            .min(max.saturating_sub(MESSAGE_OVERHEAD)),
+    };
+
+    let relay_handle = RelayHandle::default();
+    let engine = Arc::new(Engine::new(
+        tier,
+        scope,
+        pool.clone(),
+        grids,
+        relay_handle.clone(),
+        config.peers_of(tier),
+        max_event_bytes,
+    ));
+    let durable = config.consumer_name.clone().unwrap_or_else(|| name.clone());
+    let supervisor = supervisor::Supervisor::new(supervisor::RestartPolicy::default());
+    let reconciliation = spawn_background(
+        &supervisor,
+        Parts {
+            config: &config,
+            engine: engine.clone(),
+            client: client.clone(),
+            js: js.clone(),
+            relay: relay_handle,
+            reconnected,
+            durable: durable.clone(),
+            max_event_bytes,
+        },
+    );
+
+    let serving = Arc::new(AtomicBool::new(true));
+    let shared = Shared {
+        engine,
+        stopping: CancellationToken::new(),
+        ops: Arc::new(admin::Operations {
+            supervisor: supervisor.clone(),
+            nats: client.clone(),
+            js: js.clone(),
+            durable,
+            reconciliation,
+            serving: serving.clone(),
+        }),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    // Health follows the background work: NOT_SERVING while a task is down.
+    {
+        let (health, stopping, serving) =
+            (health.clone(), shared.stopping.clone(), serving.clone());
+        let mut healthy = supervisor.healthy();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = healthy.changed() => if changed.is_err() { return },
+                    _ = stopping.cancelled() => return,
+                }
+                let up = *healthy.borrow_and_update();
+                serving.store(up, Ordering::Relaxed);
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status("", status).await;
+            }
+        });
+    }
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health_service)
+        .add_service(pb::case_query_service_server::CaseQueryServiceServer::new(
+            query::Cases(shared.clone()),
+        ))
+        .add_service(pb::registry_service_server::RegistryServiceServer::new(
+            query::Registry(shared.clone()),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(
+            admin::Admin(shared.clone()),
+        ));
+    let mounted = mount(&shared, &mut routes);
+    // Reflection advertises what this tier serves, not every service of the API.
+    let services = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        pb::case_query_service_server::SERVICE_NAME,
+        pb::registry_service_server::SERVICE_NAME,
+        pb::admin_service_server::SERVICE_NAME,
+    ];
+    // Both reflection protocols are listed, so both descriptors are registered with each: a
+    // builder only adds its own protocol's, and a client that describes every listed service
+    // would get NOT_FOUND for the other one.
+    let reflection = || {
+        services.iter().chain(&mounted).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(wangge_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    // v1alpha too: grpcurl before 1.8.8 and many other tools only speak that one.
+    routes
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let stopping = shared.stopping.clone();
+    let watched = supervisor.clone();
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = watched.failed() => {}
+        }
+        serving.store(false, Ordering::Relaxed);
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        stopping.cancel();
+    };
+    info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, max_event_bytes, "serving");
+    tonic::transport::Server::builder()
+        // One span per call, named by its method, so every log line of a call says which call it was.
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .accept_http1(true)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+
+    info!("grpc stopped, stopping the background work");
+    supervisor.shutdown().await;
+    if let Err(error) = tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
+        warn!(%error, "nats drain timed out");
+    }
+    pool.close().await;
+    if let Some(failed) = supervisor.gave_up() {
+        error!(task = %failed, "stopped because a background task kept failing");
+        anyhow::bail!("background task {failed}");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// What the background work is made of.
+struct Parts<'a> {
+    config: &'a Config,
+    engine: Arc<Engine>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    relay: RelayHandle,
+    reconnected: Arc<Notify>,
+    /// The durable consumer's name, also the queue group of the tier scope's instances.
+    durable: String,
+    max_event_bytes: usize,
+}
+
+/// Starts relay, consumer, receipts, answers, reconciler and pruner under `supervisor`; returns
+/// the reconciliation report they keep.
+fn spawn_background(
+    supervisor: &supervisor::Supervisor,
+    parts: Parts<'_>,
+) -> Arc<std::sync::Mutex<reconcile::Report>> {
+    let Parts {
+        config,
+        engine,
+        client,
+        js,
+        relay: relay_handle,
+        reconnected,
+        durable,
+        max_event_bytes,
+    } = parts;
+    let (tier, scope, pool) = (engine.tier(), *engine.scope(), engine.pool().clone());
+    let delivery = &config.delivery;
+    let (repairs_tx, repairs_rx) = mpsc::channel(1024);
+    let replicator = Arc::new(replicate::Replicator::new(
+        engine.clone(),
+        ReceiptSender::new(client.clone(), tier, &scope),
+        repairs_tx,
+    ));
+    let reconciliation = Arc::new(std::sync::Mutex::new(reconcile::Report::default()));
+    let confirm_within = Duration::from_secs(delivery.confirm_within_secs.max(1));
+
+    {
+        let (pool, js, handle) = (pool.clone(), js.clone(), relay_handle.clone());
+        let settings = RelaySettings {
+            confirm_within,
+            max_failures: delivery.max_publish_failures.max(1),
+            ..RelaySettings::default()
+        };
+        supervisor.spawn("relay", move |stop| {
+            let relay = Relay::new(pool.clone(), js.clone(), settings.clone(), handle.clone());
+            async move {
+                relay.run(stop).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (js, durable, replicator) = (js.clone(), durable.clone(), replicator.clone());
+        let filter = wangge_bus::scope_filter(&scope);
+        supervisor.spawn("consumer", move |stop| {
+            let consumer = Consumer::new(js.clone(), durable.clone(), filter.clone());
+            let handler = replicate::Consuming(replicator.clone());
+            async move {
+                consumer.run(handler, stop).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (client, durable, pool) = (client.clone(), durable.clone(), pool.clone());
+        supervisor.spawn("receipts", move |stop| {
+            let pool = pool.clone();
+            let receive = wangge_bus::receipts::receive(
+                client.clone(),
+                tier,
+                scope,
+                durable.clone(),
+                move |peer, ids| {
+                    let pool = pool.clone();
+                    async move {
+                        Ok(wangge_store::outbox::confirm(&pool, tier_name(peer), &ids).await?)
+                    }
+                },
+                stop,
+            );
+            async move { Ok(receive.await?) }
+        });
+    }
+    {
+        let (client, durable) = (client.clone(), durable.clone());
+        let answers = reconcile::Answers {
+            engine: engine.clone(),
+            max_bytes: max_event_bytes,
+        };
+        supervisor.spawn("answers", move |stop| {
+            let serve = wangge_bus::sync::serve(
+                client.clone(),
+                tier,
+                scope,
+                durable.clone(),
+                answers.clone(),
+                stop,
+            );
+            async move { Ok(serve.await?) }
+        });
+    }
+    {
+        let settings = reconcile::Settings {
+            every: Duration::from_secs(delivery.reconcile_every_secs.max(1)),
+            window: Duration::from_secs(delivery.reconcile_window_days.max(1) * 24 * 3600),
+            settle: Duration::from_secs(30).min(confirm_within * 2),
+            confirm_within,
+            sweep_every: Duration::from_secs(delivery.sweep_every_secs.max(1)),
+            park_expiry: Duration::from_secs(delivery.park_expiry_hours.max(1) * 3600),
+        };
+        let sync = SyncClient::new(
+            client.clone(),
+            Duration::from_millis(delivery.sync_timeout_ms.max(100)),
+        );
+        let repairs = Arc::new(tokio::sync::Mutex::new(repairs_rx));
+        let (engine, replicator, report, reconnected) = (
+            engine.clone(),
+            replicator.clone(),
+            reconciliation.clone(),
+            reconnected.clone(),
+        );
+        supervisor.spawn("reconciler", move |stop| {
+            let reconciler = reconcile::Reconciler {
+                engine: engine.clone(),
+                replicator: replicator.clone(),
+                sync: sync.clone(),
+                settings: settings.clone(),
+                report: report.clone(),
+                repairs: repairs.clone(),
+                reconnected: reconnected.clone(),
+            };
+            reconciler.run(stop)
+        });
+    }
+    {
+        let pool = pool.clone();
+        let retention = Duration::from_secs(config.inbox_retention_hours * 3600);
+        let every = Duration::from_secs(config.inbox_prune_every_secs.max(1));
+        supervisor.spawn("pruner", move |stop| {
+            prune_inbox(pool.clone(), retention, every, stop)
+        });
+    }
+
+    reconciliation
+}
+
+/// Connects to NATS (retrying in the background until it is there); the notify fires on every
+/// (re)connection.
+async fn connect_nats(
+    config: &Config,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, Arc<Notify>)> {
+    let reconnected = Arc::new(Notify::new());
+    let on_event = reconnected.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        // Back on the bus within a second of the link returning (the default waits up to 4 s).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(1 << attempts.clamp(1, 11).saturating_sub(1))
+                .min(Duration::from_secs(1))
+        })
+        .event_callback(move |event| {
+            let on_event = on_event.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        info!("nats connected");
+                        on_event.notify_one();
+                    }
+                    async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    other => warn!(event = %other, "nats"),
+                }
+            }
+        })
+        .connect(
+            config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .context("bad NATS URL")?;
+    Ok((client, reconnected))
+}
+
+/// Removes old inbox entries now and then, so the table stays the size of the retention window.
+async fn prune_inbox(
+    pool: sqlx::PgPool,
+    retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        match wangge_store::replication::prune_inbox(&pool, retention).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "old inbox entries removed"),
+            Err(error) => warn!(%error, "inbox pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}
