@@ -43,6 +43,11 @@ impl RelayHandle {
 
 /// The newest rows of every round: a live report leaves at once, also while a backlog drains.
 const LIVE_ROWS: i64 = 32;
+/// A backlog is sent no faster than the peers confirm it: at most this many events recently sent
+/// and confirmed by no peer yet, so the stream never queues thousands ahead of a live report.
+/// Events sent longer than `FLIGHT_TIME` ago (every peer down) no longer count.
+const MAX_IN_FLIGHT: i64 = 512;
+const FLIGHT_TIME: Duration = Duration::from_secs(10);
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -57,6 +62,8 @@ pub struct RelaySettings {
     pub check_every: Duration,
     /// Failed sends that are a row's own fault before it is set aside.
     pub max_failures: i32,
+    /// How many peer tiers confirm each event.
+    pub peers: usize,
 }
 
 impl Default for RelaySettings {
@@ -67,6 +74,7 @@ impl Default for RelaySettings {
             confirm_within: Duration::from_secs(15),
             check_every: Duration::from_secs(5),
             max_failures: 5,
+            peers: 2,
         }
     }
 }
@@ -108,11 +116,11 @@ impl Relay {
         let mut next_check = Instant::now() + self.settings.check_every;
         let (mut publishing, mut checking) = (Persisting::default(), Persisting::default());
         loop {
-            let full = match self.publish_round().await {
-                Ok(sent) => {
+            let more = match self.publish_round().await {
+                Ok(more) => {
                     publishing.succeeded("outbox publish");
                     backoff = Duration::from_millis(100);
-                    sent as i64 == self.settings.batch
+                    more
                 }
                 Err(error) => {
                     publishing.failed("outbox publish", &error);
@@ -131,7 +139,7 @@ impl Relay {
                 }
                 next_check = Instant::now() + self.settings.check_every;
             }
-            if full {
+            if more {
                 continue;
             }
             tokio::select! {
@@ -182,13 +190,19 @@ impl Relay {
         join_all(acks).await
     }
 
-    /// Publishes one batch of due rows; returns how many JetStream acknowledged.
-    async fn publish_round(&mut self) -> Result<usize, Error> {
+    /// Publishes one batch of due rows; returns whether more are due at once (a full batch went,
+    /// and the peers keep up).
+    async fn publish_round(&mut self) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await.map_err(wangge_store::Error::from)?;
-        let rows = outbox::claim_unpublished(&mut tx, LIVE_ROWS, self.settings.batch).await?;
+        let in_flight =
+            outbox::in_flight(&mut tx, FLIGHT_TIME, self.settings.peers, MAX_IN_FLIGHT).await?;
+        let room = (MAX_IN_FLIGHT - in_flight).clamp(0, self.settings.batch - LIVE_ROWS);
+        let limit = LIVE_ROWS + room;
+        let rows = outbox::claim_unpublished(&mut tx, LIVE_ROWS, limit).await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(false);
         }
+        let full = rows.len() as i64 == limit && room > 0;
         let created = self.incarnation().await?;
         let results = self.send(&rows).await;
         let any_through = results.iter().any(Result::is_ok);
@@ -252,7 +266,7 @@ impl Relay {
             Some(error) if !any_through => Err(Error::Nats(error)),
             _ => {
                 debug!(published = stored.len(), "outbox batch published");
-                Ok(stored.len())
+                Ok(full)
             }
         }
     }

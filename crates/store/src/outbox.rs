@@ -91,6 +91,30 @@ pub async fn claim_unpublished(
     Ok(rows)
 }
 
+/// How many events were published within `within` and not yet confirmed by any of their `peers`
+/// (counted up to `cap`): what is on its way right now. One peer confirming is enough to leave the
+/// count, so a peer that is down does not hold the others back.
+pub async fn in_flight(
+    conn: &mut PgConnection,
+    within: Duration,
+    peers: usize,
+    cap: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM (
+            SELECT 1 FROM outbox
+            WHERE published_at > clock_timestamp() - make_interval(secs => $1)
+              AND cardinality(pending_tiers) >= $2
+            LIMIT $3
+         ) recent",
+    )
+    .bind(within.as_secs_f64())
+    .bind(peers.max(1) as i32)
+    .bind(cap)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Published events still awaiting a confirmation whose check is due, locked.
 pub async fn claim_unconfirmed(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
     Ok(sqlx::query_as(&format!(

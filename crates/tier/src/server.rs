@@ -265,6 +265,7 @@ fn spawn_background(
         let settings = RelaySettings {
             confirm_within,
             max_failures: delivery.max_publish_failures.max(1),
+            peers: engine.peers().len(),
             ..RelaySettings::default()
         };
         supervisor.spawn("relay", move |stop| {
@@ -289,17 +290,22 @@ fn spawn_background(
     }
     {
         let (client, durable, pool) = (client.clone(), durable.clone(), pool.clone());
+        let relay = relay_handle.clone();
         supervisor.spawn("receipts", move |stop| {
-            let pool = pool.clone();
+            let (pool, relay) = (pool.clone(), relay.clone());
             let receive = wangge_bus::receipts::receive(
                 client.clone(),
                 tier,
                 scope,
                 durable.clone(),
                 move |peer, ids| {
-                    let pool = pool.clone();
+                    let (pool, relay) = (pool.clone(), relay.clone());
                     async move {
-                        Ok(wangge_store::outbox::confirm(&pool, tier_name(peer), &ids).await?)
+                        let gone =
+                            wangge_store::outbox::confirm(&pool, tier_name(peer), &ids).await?;
+                        // Room in the window of events on their way: the relay may send more.
+                        relay.wake();
+                        Ok(gone)
                     }
                 },
                 stop,
