@@ -72,7 +72,9 @@ impl Consumer {
                     durable_name: Some(self.durable.clone()),
                     filter_subject: self.filter.clone(),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // What a tier that was paused or cut off had in hand comes again after this;
+                    // a batch takes well under a second to apply.
+                    ack_wait: Duration::from_secs(10),
                     max_ack_pending: 4096,
                     ..Default::default()
                 },
