@@ -473,6 +473,10 @@ async fn wangge_status_reports_every_tier_even_when_one_hangs_and_one_is_gone() 
     let started = std::time::Instant::now();
     let output = tokio::process::Command::new(wangge_tests::process::workspace_binary("wangge"))
         .args(["status", "--timeout-ms", "1500"])
+        .env(
+            "WANGGE_TOKEN",
+            wangge_tests::identity::token_for("observer"),
+        )
         .arg(format!("http://{}", cluster.village.addr))
         .arg(format!("http://{paused_addr}"))
         .arg(&gone)

@@ -380,7 +380,7 @@ async fn an_escalated_case_closes_at_the_district_through_the_same_loop() {
     };
     let case = clients
         .field()
-        .confirm_check(as_actor(GRID_WORKER, confirm))
+        .confirm_check(as_actor(&format!("gw-{OTHER_GRID}"), confirm))
         .await
         .unwrap()
         .into_inner();
@@ -458,7 +458,8 @@ async fn a_returned_case_is_dispatched_again() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // The case is dispatched to another department: not this handler's to act on.
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let returned = handler
         .return_case(as_actor(
             &wrong_handler,

@@ -71,7 +71,7 @@ impl Codec for RawCodec {
 
 /// Calls `method` with `bytes` as the encoded request; returns the status it failed with.
 async fn raw_call(
-    channel: tonic::transport::Channel,
+    channel: wangge_tests::Channel,
     method: &'static str,
     actor: &str,
     bytes: Vec<u8>,
@@ -468,7 +468,8 @@ async fn a_client_id_is_unique_per_reporter_and_reusing_it_for_another_report_is
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;
     let mut field_app = clients.field();
-    let other_worker = "gw-350205002006002";
+    // A worker of the whole community, so the same report is theirs to make too.
+    let other_worker = "gw-350205002006";
     let shared_id = client_id();
     let request = report(&shared_id, GRID);
     let first = field_app
@@ -511,7 +512,7 @@ async fn a_client_id_is_unique_per_reporter_and_reusing_it_for_another_report_is
     let copies = futures::future::join_all((0..4).map(|_| {
         let mut client = clients.field();
         let racing = racing.clone();
-        async move { client.report_case(as_actor(GRID_WORKER, racing)).await }
+        async move { client.report_case(as_actor(STREET_WORKER, racing)).await }
     }))
     .await;
     let ids: BTreeSet<String> = copies
@@ -593,7 +594,7 @@ async fn a_database_that_drops_its_connections_gives_unavailable_never_internal(
                 // As a field app does: the same report again until it is taken.
                 loop {
                     let answer = field_app
-                        .report_case(as_actor(GRID_WORKER, request.clone()))
+                        .report_case(as_actor(STREET_WORKER, request.clone()))
                         .await;
                     match ok_or_unavailable(answer) {
                         Some(case) => {
@@ -799,10 +800,11 @@ async fn arbitrary_reports_leave_exactly_the_cases_answered_ok() {
         .map(|(other_worker, request)| {
             let mut field_app = clients.field();
             async move {
+                // Both may report anywhere in the street.
                 let actor = if other_worker {
-                    "gw-350205002007001"
+                    "gw-350205"
                 } else {
-                    GRID_WORKER
+                    STREET_WORKER
                 };
                 let answer = field_app
                     .report_case(as_actor(actor, request.clone()))

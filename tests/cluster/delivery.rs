@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use prost::Message;
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 use wangge_proto as pb;
+use wangge_tests::Channel;
 
 type AdminClient = pb::admin_service_client::AdminServiceClient<Channel>;
 use wangge_proto::Tier;
@@ -167,7 +167,7 @@ async fn report_stream(channel: Channel, count: usize, accepted: Arc<Mutex<Vec<S
         loop {
             attempts += 1;
             match field
-                .report_case(as_actor(GRID_WORKER, request.clone()))
+                .report_case(as_actor(STREET_WORKER, request.clone()))
                 .await
             {
                 Ok(case) => {
@@ -219,9 +219,11 @@ async fn tiers_killed_mid_stream_catch_up_and_every_accepted_report_appears_exac
     let mut district =
         TierProcess::start(Tier::District, DISTRICT_SCOPE, &ddb.url, &nats.url()).await;
     let lazy = |addr| {
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy()
+        wangge_tests::identity::observed(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy(),
+        )
     };
     let clients = TierClients {
         village: lazy(village.addr),

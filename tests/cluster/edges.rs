@@ -60,10 +60,15 @@ async fn bad_input_is_refused_with_a_status_naming_the_field() {
         status.message().starts_with("attachments[0].id:"),
         "{status:?}"
     );
-    let status = field
-        .report_case(Request::new(report(&client_id(), GRID)))
-        .await
-        .unwrap_err();
+    // Without a token (a channel that adds none).
+    let status = pb::field_app_service_client::FieldAppServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", cluster.village.addr))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .report_case(Request::new(report(&client_id(), GRID)))
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     let mut console = clients.street_console();
@@ -255,7 +260,9 @@ async fn grpc_web_get_scope(addr: std::net::SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "POST /wangge.v1.RegistryService/GetScope HTTP/1.1\r\nHost: {addr}\r\n\
-         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\n\
+         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        wangge_tests::identity::token_for("observer")
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
@@ -327,7 +334,7 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
 /// failing on any error; returns the listed names.
 macro_rules! describe_everything {
     ($name:ident, $protocol:ident) => {
-        async fn $name(channel: tonic::transport::Channel) -> Vec<String> {
+        async fn $name(channel: wangge_tests::Channel) -> Vec<String> {
             use prost::Message as _;
             use tonic_reflection::pb::$protocol::{
                 ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
-use tonic::transport::Channel;
 use wangge_proto as pb;
 use wangge_proto::{CaseState, Tier};
+use wangge_tests::Channel;
 use wangge_tests::cluster::{TierClients, as_actor};
 use wangge_tests::fixtures::*;
 use wangge_tests::topology::{DOMAIN, NatsTopology};

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::Channel;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
-use tonic::transport::Channel;
 use wangge_proto as pb;
 use wangge_proto::Tier;
 use wangge_tier::Config;
@@ -64,6 +64,7 @@ impl TierHandle {
         config.database_url = db.url.clone().into();
         config.database_max_connections = 8;
         config.nats_url = nats_url.to_owned();
+        config.auth.public_keys = vec![crate::identity::public_key().to_owned()];
         quick_delivery(&mut config);
         tweak(&mut config);
         TierHandle::launch(tier, listener, config, db).await
@@ -113,11 +114,13 @@ impl TierHandle {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        crate::identity::observed(
+            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
     }
 
     async fn wait_serving(&self) {
@@ -262,13 +265,9 @@ impl Cluster {
     }
 }
 
-/// A request carrying the acting person.
+/// A request carrying the token of a fixture person (see [`crate::identity::claims_for`]).
 pub fn as_actor<T>(actor: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(wangge_tier::actor::ACTOR_HEADER, actor.parse().unwrap());
-    request
+    crate::identity::with_token(&crate::identity::token_for(actor), message)
 }
 
 pub type FieldClient = pb::field_app_service_client::FieldAppServiceClient<Channel>;

@@ -15,6 +15,9 @@ pub const OTHER_GRID: &str = "350205002007001";
 /// A grid of 思明区, outside the test scopes.
 pub const SIMING_GRID: &str = "350203001001001";
 pub const GRID_WORKER: &str = "gw-350205002006001";
+/// A grid worker whose scope is every grid of 新阳街道 (a street patrol), for tests that report
+/// across grids.
+pub const STREET_WORKER: &str = "gw-350205002";
 pub const COMMUNITY_STAFF: &str = "cs-350205002006";
 pub const STREET_OPERATOR: &str = "op-350205002000";
 pub const STREET_CHIEF: &str = "dc-350205002000";
@@ -88,7 +91,7 @@ pub async fn departments_of(
 pub async fn report_case(clients: &TierClients, grid: &str) -> pb::Case {
     clients
         .field()
-        .report_case(as_actor(GRID_WORKER, report(&client_id(), grid)))
+        .report_case(as_actor(&format!("gw-{grid}"), report(&client_id(), grid)))
         .await
         .unwrap()
         .into_inner()
@@ -170,7 +173,7 @@ pub async fn publish_event(js: &async_nats::jetstream::Context, grid: &str, even
 }
 
 /// The replication status of a tier.
-pub async fn tier_status(channel: &tonic::transport::Channel) -> pb::TierStatus {
+pub async fn tier_status(channel: &crate::Channel) -> pb::TierStatus {
     pb::admin_service_client::AdminServiceClient::new(channel.clone())
         .get_status(pb::GetStatusRequest {})
         .await

@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod db;
 pub mod fixtures;
+pub mod identity;
 pub mod nats;
 pub mod process;
 pub mod topology;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use cluster::{Cluster, TierClients, Topology};
+pub use identity::Channel;
 
 /// The repository's seeds folder.
 pub fn seeds_dir() -> PathBuf {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use crate::Channel;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 use wangge_proto::Tier;
 
 use crate::{eventually, free_port};
@@ -102,6 +102,13 @@ impl TierProcess {
             .args(["--scope", &self.scope, "--listen", &self.addr.to_string()])
             .env("WANGGE_DATABASE_URL", &self.database_url)
             .env("WANGGE_NATS_URL", &self.nats_url)
+            .env(
+                "WANGGE_AUTH__PUBLIC_KEYS",
+                format!(
+                    "[{:?}]",
+                    crate::identity::public_key().display().to_string()
+                ),
+            )
             .env("RUST_LOG", "warn")
             .stdout(stdout)
             .stderr(stderr)
@@ -170,10 +177,12 @@ impl TierProcess {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        crate::identity::observed(
+            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
     }
 }

@@ -5,11 +5,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use tonic::Request;
 use tonic::transport::Channel;
 use wangge_domain::case::kind_name;
 use wangge_proto as pb;
 use wangge_proto::{CaseState, Tier};
+
+use crate::credentials::Credentials;
+
+/// Who reads back what the tiers hold (an auditor of the demo district).
+const OBSERVER: &str = "observer";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,24 +29,22 @@ pub struct Args {
     /// The grid to report in.
     #[arg(long, default_value = "350205002006001")]
     grid: String,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
-fn as_actor<T>(actor: &str, message: T) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-wangge-actor", actor.parse()?);
-    Ok(request)
-}
-
-async fn connect(url: &str) -> anyhow::Result<Channel> {
+async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Channel::from_shared(url.to_owned())?.connect().await {
             Ok(channel) => {
                 let mut health =
                     pb::registry_service_client::RegistryServiceClient::new(channel.clone());
-                if health.get_scope(pb::GetScopeRequest {}).await.is_ok() {
+                if health
+                    .get_scope(credentials.request(OBSERVER, pb::GetScopeRequest {})?)
+                    .await
+                    .is_ok()
+                {
                     return Ok(channel);
                 }
             }
@@ -62,12 +64,17 @@ fn step(n: u32, text: String) {
     println!("  {n:>2}. {text}");
 }
 
-async fn history(channel: &Channel, case_id: &str) -> anyhow::Result<Vec<pb::CaseEvent>> {
+async fn history(
+    channel: &Channel,
+    credentials: &Credentials,
+    case_id: &str,
+) -> anyhow::Result<Vec<pb::CaseEvent>> {
     let mut client = pb::case_query_service_client::CaseQueryServiceClient::new(channel.clone());
+    let request = pb::ListCaseEventsRequest {
+        case_id: case_id.to_owned(),
+    };
     match client
-        .list_case_events(pb::ListCaseEventsRequest {
-            case_id: case_id.to_owned(),
-        })
+        .list_case_events(credentials.request(OBSERVER, request)?)
         .await
     {
         Ok(response) => Ok(response.into_inner().events),
@@ -79,13 +86,14 @@ async fn history(channel: &Channel, case_id: &str) -> anyhow::Result<Vec<pb::Cas
 /// Waits until the three tiers hold the same `version` events.
 async fn converge(
     channels: &[(&str, Channel)],
+    credentials: &Credentials,
     case: &pb::Case,
 ) -> anyhow::Result<Vec<pb::CaseEvent>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut histories = Vec::new();
         for (_, channel) in channels {
-            histories.push(history(channel, &case.id).await?);
+            histories.push(history(channel, credentials, &case.id).await?);
         }
         if histories
             .iter()
@@ -115,9 +123,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .find(|g| g.code.to_string() == args.grid)
         .context("grid not in the seeds")?;
     let (longitude, latitude) = wangge_seed::interior_point(grid);
-    let village = connect(&args.village).await?;
-    let street = connect(&args.street).await?;
-    let district = connect(&args.district).await?;
+    let credentials = &args.credentials;
+    let village = connect(&args.village, credentials).await?;
+    let street = connect(&args.street, credentials).await?;
+    let district = connect(&args.district, credentials).await?;
     let tiers = [
         ("village", village.clone()),
         ("street", street.clone()),
@@ -133,7 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut console =
         pb::command_console_service_client::CommandConsoleServiceClient::new(street.clone());
     let mut watch = console
-        .watch_cases(as_actor(&operator, pb::WatchCasesRequest::default())?)
+        .watch_cases(credentials.request(&operator, pb::WatchCasesRequest::default())?)
         .await?
         .into_inner();
     let mut field = pb::field_app_service_client::FieldAppServiceClient::new(village.clone());
@@ -151,7 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let case = field
-        .report_case(as_actor(&worker, report)?)
+        .report_case(credentials.request(&worker, report)?)
         .await?
         .into_inner();
     step(
@@ -173,7 +182,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ),
         );
     }
-    converge(&tiers, &case).await?;
+    converge(&tiers, credentials, &case).await?;
 
     let action = |case: &pb::Case, note: &str| pb::CaseActionRequest {
         case_id: case.id.clone(),
@@ -181,7 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let case = console
-        .accept_case(as_actor(&operator, action(&case, "属实，立案"))?)
+        .accept_case(credentials.request(&operator, action(&case, "属实，立案"))?)
         .await?
         .into_inner();
     step(
@@ -191,9 +200,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut registry = pb::registry_service_client::RegistryServiceClient::new(street.clone());
     let departments = registry
-        .list_departments(pb::ListDepartmentsRequest {
-            org_code: street_code.clone(),
-        })
+        .list_departments(credentials.request(
+            &operator,
+            pb::ListDepartmentsRequest {
+                org_code: street_code.clone(),
+            },
+        )?)
         .await?
         .into_inner()
         .departments;
@@ -207,7 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         note: "请于4个工作小时内清理".into(),
     };
     let case = console
-        .dispatch_case(as_actor(&operator, dispatch)?)
+        .dispatch_case(credentials.request(&operator, dispatch)?)
         .await?
         .into_inner();
     step(
@@ -230,7 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let signed = departments
-        .sign_case(as_actor(&handler, act(""))?)
+        .sign_case(credentials.request(&handler, act(""))?)
         .await?
         .into_inner();
     step(
@@ -238,7 +250,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         format!("the department signs for it (签收): {}", state(&signed)),
     );
     let case = departments
-        .report_handled(as_actor(&handler, act("已清运"))?)
+        .report_handled(credentials.request(&handler, act("已清运"))?)
         .await?
         .into_inner();
     step(
@@ -247,7 +259,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let case = console
-        .request_check(as_actor(&operator, action(&case, "请现场核查"))?)
+        .request_check(credentials.request(&operator, action(&case, "请现场核查"))?)
         .await?
         .into_inner();
     step(
@@ -257,9 +269,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             state(&case)
         ),
     );
-    converge(&tiers, &case).await?;
+    converge(&tiers, credentials, &case).await?;
     let tasks = field
-        .list_tasks(as_actor(
+        .list_tasks(credentials.request(
             &worker,
             pb::ListTasksRequest {
                 org_codes: vec![args.grid.clone()],
@@ -274,7 +286,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let case = field
-        .confirm_check(as_actor(&worker, confirm)?)
+        .confirm_check(credentials.request(&worker, confirm)?)
         .await?
         .into_inner();
     step(
@@ -284,9 +296,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tasks.cases.len()
         ),
     );
-    converge(&tiers, &case).await?;
+    converge(&tiers, credentials, &case).await?;
     let case = console
-        .close_case(as_actor(&chief, action(&case, "结案"))?)
+        .close_case(credentials.request(&chief, action(&case, "结案"))?)
         .await?
         .into_inner();
     if case.state() != CaseState::Closed {
@@ -297,7 +309,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         format!("the duty chief closes it (结案): {}", state(&case)),
     );
 
-    let history = converge(&tiers, &case).await?;
+    let history = converge(&tiers, credentials, &case).await?;
     println!(
         "\n  Its history, identical at the village, street and district tiers ({} events):\n",
         history.len()

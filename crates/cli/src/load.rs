@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tonic::Request;
 use tonic::transport::Channel;
 use wangge_proto as pb;
+
+use crate::credentials::{Credentials, with_token};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,12 +34,14 @@ pub struct Args {
     /// Only send: do not wait for the reports to reach the street and the district (to build a backlog).
     #[arg(long)]
     no_wait: bool,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
-pub(crate) async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
+pub(crate) async fn status(channel: &Channel, token: &str) -> anyhow::Result<pb::TierStatus> {
     let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
     Ok(admin
-        .get_status(pb::GetStatusRequest {})
+        .get_status(with_token(token, pb::GetStatusRequest {})?)
         .await?
         .into_inner())
 }
@@ -69,11 +72,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         connect(&args.street)?,
         connect(&args.district)?,
     );
+    let observer = args.credentials.token_for("observer")?;
     // Cases already at the street and district, to know when the burst has arrived.
     let before = if args.no_wait {
         [0, 0]
     } else {
-        [status(&street).await?.cases, status(&district).await?.cases]
+        [
+            status(&street, &observer).await?.cases,
+            status(&district, &observer).await?.cases,
+        ]
     };
 
     println!(
@@ -86,9 +93,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for app in 0..args.concurrency {
         let (points, next, channel) = (points.clone(), next.clone(), village.clone());
         let total = args.reports;
+        // Each field app is its own grid worker (each has its own rate limit), covering the grids
+        // of the burst.
+        let now = wangge_auth::dev::now();
+        let token = args.credentials.sign(&wangge_auth::Claims {
+            sub: format!("gw-load-{app}"),
+            roles: vec!["grid_worker".into()],
+            orgs: vec![args.grid_prefix.clone()],
+            departments: Vec::new(),
+            exp: now + 3600,
+            nbf: None,
+            iat: now,
+            aud: Some(wangge_auth::AUDIENCE.into()),
+            iss: None,
+        })?;
         tasks.push(tokio::spawn(async move {
             let mut field = pb::field_app_service_client::FieldAppServiceClient::new(channel);
             let mut latencies = Vec::new();
@@ -98,19 +119,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
                 let (longitude, latitude) = points[i % points.len()];
-                let mut request = Request::new(pb::ReportCaseRequest {
-                    client_id: uuid::Uuid::now_v7().to_string(),
-                    category_code: "szcg-01-01".into(),
-                    description: format!("负载测试 {i}"),
-                    location: Some(pb::GeoPoint {
-                        longitude,
-                        latitude,
-                    }),
-                    ..Default::default()
-                });
-                request
-                    .metadata_mut()
-                    .insert("x-wangge-actor", "gw-load".parse()?);
+                let request = with_token(
+                    &token,
+                    pb::ReportCaseRequest {
+                        client_id: uuid::Uuid::now_v7().to_string(),
+                        category_code: "szcg-01-01".into(),
+                        description: format!("负载测试 {i}"),
+                        location: Some(pb::GeoPoint {
+                            longitude,
+                            latitude,
+                        }),
+                        ..Default::default()
+                    },
+                )?;
                 let sent = Instant::now();
                 field.report_case(request).await?;
                 latencies.push(sent.elapsed());
@@ -148,7 +169,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let now = status(channel).await?;
+            let now = status(channel, &observer).await?;
             if now.cases >= base + args.reports as u64 {
                 arrived[slot] = started.elapsed();
                 break;
@@ -160,7 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let village_after = status(&village).await?;
+    let village_after = status(&village, &observer).await?;
 
     println!(
         "  all at the street after {:.2} s, at the district after {:.2} s ({:.0} reports/s end to end)",
@@ -172,8 +193,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  village outbox now {} (dead letters: village {}, street {}, district {})",
         village_after.outbox_depth,
         village_after.dead_letters,
-        status(&street).await?.dead_letters,
-        status(&district).await?.dead_letters
+        status(&street, &observer).await?.dead_letters,
+        status(&district, &observer).await?.dead_letters
     );
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! `wangge`: the command line. `wangge demo` walks one case round the loop through the running
 //! tiers' gRPC APIs, as the field app, the consoles and a department would, and prints each step;
-//! `wangge load` sends a burst of reports and prints what it measured.
+//! `wangge load` sends a burst of reports and prints what it measured; `wangge status` shows every
+//! tier's health; `wangge keygen` and `wangge token` are the development token issuer.
 
+mod credentials;
 mod demo;
+mod keys;
 mod load;
 mod status;
 
@@ -25,6 +28,10 @@ enum Command {
     /// is reported, not waited for). Exit code 0: all well, 1: a tier reports a problem, 2: a tier
     /// did not answer.
     Status(status::Args),
+    /// Makes an Ed25519 key pair for signing development tokens.
+    Keygen(keys::KeygenArgs),
+    /// Prints a signed token for a demo persona or for the given subject, roles and orgs.
+    Token(keys::TokenArgs),
 }
 
 #[tokio::main]
@@ -33,5 +40,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Load(args) => load::run(args).await,
         Command::Status(args) => std::process::exit(status::run(args).await),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Token(args) => keys::token(args),
     }
 }

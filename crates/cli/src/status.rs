@@ -9,6 +9,8 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use wangge_proto as pb;
 
+use crate::credentials::{Credentials, with_token};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The tiers' gRPC addresses.
@@ -17,12 +19,17 @@ pub struct Args {
     /// How long each tier has to answer, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    /// Whose token asks (an admin of the tiers' scope; without --token, the demo's observer).
+    #[arg(long, default_value = "observer")]
+    persona: String,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 /// What one tier said, or why it said nothing.
 type Answer = Result<pb::TierStatus, String>;
 
-async fn ask(url: &str, deadline: Duration) -> Answer {
+async fn ask(url: &str, token: &str, deadline: Duration) -> Answer {
     let attempt = async {
         let channel = Channel::from_shared(url.to_owned())
             .map_err(|e| format!("bad address: {e}"))?
@@ -32,7 +39,7 @@ async fn ask(url: &str, deadline: Duration) -> Answer {
             .map_err(|e| format!("unreachable: {e}"))?;
         let mut admin = pb::admin_service_client::AdminServiceClient::new(channel);
         admin
-            .get_status(pb::GetStatusRequest {})
+            .get_status(with_token(token, pb::GetStatusRequest {}).map_err(|e| e.to_string())?)
             .await
             .map(|r| r.into_inner())
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
@@ -178,7 +185,15 @@ fn describe(url: &str, answer: &Answer) -> Vec<String> {
 /// Prints every tier; returns the exit code.
 pub async fn run(args: Args) -> i32 {
     let deadline = Duration::from_millis(args.timeout_ms.max(1));
-    let answers = futures::future::join_all(args.tiers.iter().map(|url| ask(url, deadline))).await;
+    let token = match args.credentials.token_for(&args.persona) {
+        Ok(token) => token,
+        Err(error) => {
+            eprintln!("wangge status: {error:#}");
+            return 2;
+        }
+    };
+    let answers =
+        futures::future::join_all(args.tiers.iter().map(|url| ask(url, &token, deadline))).await;
     let mut code = 0;
     for (url, answer) in args.tiers.iter().zip(&answers) {
         for line in describe(url, answer) {

@@ -165,8 +165,8 @@ pub async fn next_number(
 pub struct Filter {
     /// Database state names; empty means all.
     pub states: Vec<String>,
-    /// A grid code prefix: the scope, or a part of it.
-    pub grid_prefix: String,
+    /// Grid code prefixes (the scope, or parts of it): a case under any of them. Empty: none.
+    pub grid_prefixes: Vec<String>,
     /// Only cases held by this tier.
     pub owner_tier: Option<String>,
     pub department: Option<String>,
@@ -180,7 +180,7 @@ pub struct Filter {
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
     let rows: Vec<Stored> = sqlx::query_as(
         "SELECT snapshot AS body FROM cases
-         WHERE grid_code LIKE $1 || '%'
+         WHERE grid_code LIKE ANY($1)
            AND (cardinality($2::text[]) = 0 OR state = ANY($2))
            AND ($3::text IS NULL OR owner_tier = $3)
            AND ($4::text IS NULL OR department = $4)
@@ -189,7 +189,14 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
          ORDER BY id
          LIMIT $7",
     )
-    .bind(&filter.grid_prefix)
+    .bind(
+        // Codes are digits: no LIKE wildcard can hide in a prefix.
+        filter
+            .grid_prefixes
+            .iter()
+            .map(|p| format!("{p}%"))
+            .collect::<Vec<_>>(),
+    )
     .bind(&filter.states)
     .bind(&filter.owner_tier)
     .bind(&filter.department)

@@ -16,9 +16,10 @@ use wangge_domain::case::{tier_name, tier_named};
 use wangge_proto as pb;
 use wangge_store::{cases, outbox, replication};
 
-use crate::Shared;
+use crate::policy::{Grant, Right, authorize, caller};
 use crate::reconcile;
 use crate::supervisor::Supervisor;
+use crate::{Error, Shared};
 
 /// What the admin service reports on, besides the engine.
 #[derive(Debug)]
@@ -250,12 +251,23 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// An admin whose scope covers this whole tier.
+    fn operator<T>(&self, request: &Request<T>) -> Result<Grant, Error> {
+        let engine = &self.0.engine;
+        let grant = authorize(caller(request)?, Right::Admin, engine.tier())?;
+        grant.check_whole(engine.scope().prefix())?;
+        Ok(grant)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Admin {
     async fn get_status(
         &self,
-        _request: Request<pb::GetStatusRequest>,
+        request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::TierStatus>, Status> {
+        self.operator(&request)?;
         Ok(Response::new(self.status().await))
     }
 
@@ -263,7 +275,7 @@ impl pb::admin_service_server::AdminService for Admin {
         &self,
         request: Request<pb::ReloadGridsRequest>,
     ) -> Result<Response<pb::ReloadGridsResponse>, Status> {
-        let who = crate::actor::actor(&request, pb::Role::Admin)?;
+        let who = self.operator(&request)?.actor();
         let grids = self.0.engine.reload_grids().await.map_err(|error| {
             tracing::error!(%error, "grid reload failed");
             Status::failed_precondition(format!(

@@ -39,7 +39,41 @@ pub struct Config {
     /// that reconciliation compares with. Unset: the two other tiers.
     pub peers: Option<Vec<TierName>>,
     pub delivery: DeliveryConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// Who may call: the keys caller tokens are verified with, and each caller's limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthConfig {
+    /// `<key id>.pub.pem` files (Ed25519 or P-256) tokens may be signed with. Several at once, so
+    /// a key rotates without downtime: add the new one, move issuing to it, drop the old one.
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS document of an identity provider (its `/.well-known/jwks.json`, saved).
+    pub jwks_file: Option<PathBuf>,
+    /// When set, tokens must name this issuer.
+    pub issuer: Option<String>,
+    /// How far the clocks of issuer and tier may differ.
+    pub leeway_secs: u64,
+    /// Calls a second one caller (token subject) may make on average, and at once.
+    pub calls_per_second: u32,
+    pub burst: u32,
+    /// The largest request message a call may send.
+    pub max_request_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            public_keys: Vec::new(),
+            jwks_file: None,
+            issuer: None,
+            leeway_secs: 30,
+            calls_per_second: 50,
+            burst: 100,
+            max_request_bytes: 2 * 1024 * 1024,
+        }
+    }
 }
 
 /// A tier, by name, as configuration spells it.
@@ -169,6 +203,7 @@ impl Config {
             inbox_prune_every_secs: 600,
             peers: None,
             delivery: DeliveryConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig {
                 format: "text".into(),
                 filter: "info".into(),

@@ -8,8 +8,8 @@ use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
 use wangge_store::{cases, registry};
 
-use crate::actor::actor;
 use crate::engine::Action;
+use crate::policy::{Grant, Right, authorize, caller};
 use crate::query::state_names;
 use crate::request::{CaseAction, DepartmentAction, Dispatch, NoteKind};
 use crate::validate;
@@ -21,13 +21,21 @@ use crate::{Error, Shared};
 pub fn mount(shared: &Shared, routes: &mut tonic::service::RoutesBuilder) -> Vec<&'static str> {
     routes
         .add_service(
-            pb::command_console_service_server::CommandConsoleServiceServer::new(Console(
-                shared.clone(),
-            )),
+            shared.guard(
+                pb::command_console_service_server::CommandConsoleServiceServer::new(Console(
+                    shared.clone(),
+                ))
+                .max_decoding_message_size(shared.max_request_bytes),
+            ),
         )
-        .add_service(pb::department_service_server::DepartmentServiceServer::new(
-            Departments(shared.clone()),
-        ));
+        .add_service(
+            shared.guard(
+                pb::department_service_server::DepartmentServiceServer::new(Departments(
+                    shared.clone(),
+                ))
+                .max_decoding_message_size(shared.max_request_bytes),
+            ),
+        );
     vec![
         pb::command_console_service_server::SERVICE_NAME,
         pb::department_service_server::SERVICE_NAME,
@@ -39,26 +47,23 @@ pub fn mount(shared: &Shared, routes: &mut tonic::service::RoutesBuilder) -> Vec
 pub struct Console(pub Shared);
 
 impl Console {
-    fn operator(&self) -> pb::Role {
-        match self.0.engine.tier() {
-            pb::Tier::District => pb::Role::DistrictOperator,
-            _ => pb::Role::StreetOperator,
-        }
+    fn grant<T>(&self, request: &Request<T>, right: Right) -> Result<Grant, Error> {
+        authorize(caller(request)?, right, self.0.engine.tier())
     }
 
     /// A step whose note is a remark or, for `NoteKind::Reason`, the reason `kind` records.
     async fn act(
         &self,
         request: Request<pb::CaseActionRequest>,
-        role: pb::Role,
+        right: Right,
         note_kind: NoteKind,
         kind: impl FnOnce(&pb::Case, &str) -> Kind,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, role)?;
+        let grant = self.grant(&request, right)?;
         let request = CaseAction::console(request.into_inner(), note_kind)?;
         let note = request.note.clone();
         let action = Action {
-            actor,
+            actor: grant.actor(),
             note: request.note,
             attachments: request.attachments,
         };
@@ -66,6 +71,7 @@ impl Console {
             .0
             .engine
             .act(request.case_id, action, |case| {
+                grant.check_case(case)?;
                 Ok(kind(case, note.as_str()))
             })
             .await?;
@@ -81,16 +87,17 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::WatchCasesRequest>,
     ) -> Result<Response<Self::WatchCasesStream>, Status> {
-        actor(&request, self.operator())?;
+        let grant = self.grant(&request, Right::Read)?;
         let request = request.into_inner();
         let states = validate::states("states", &request.states)?;
         let names = state_names(&states);
         let engine = &self.0.engine;
+        let prefixes = grant.narrow(engine.scope().prefix())?;
         let live = engine.subscribe();
         let initial = if request.include_existing {
             let filter = cases::Filter {
                 states: names,
-                grid_prefix: engine.scope().prefix().to_owned(),
+                grid_prefixes: prefixes,
                 ..Default::default()
             };
             existing(engine.pool().clone(), filter)
@@ -102,7 +109,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
             update
                 .case
                 .as_ref()
-                .is_some_and(|case| state_matches(&states, case))
+                .is_some_and(|case| state_matches(&states, case) && grant.check_case(case).is_ok())
         });
         Ok(Response::new(stream))
     }
@@ -111,7 +118,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), NoteKind::Remark, |_, _| {
+        self.act(request, Right::Accept, NoteKind::Remark, |_, _| {
             Kind::Accepted(pb::Accepted {})
         })
         .await
@@ -121,7 +128,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, NoteKind::Reason, |_, note| {
+        self.act(request, Right::Void, NoteKind::Reason, |_, note| {
             Kind::Rejected(pb::Rejected {
                 reason: note.to_owned(),
             })
@@ -133,7 +140,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::DispatchCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, self.operator())?;
+        let grant = self.grant(&request, Right::Dispatch)?;
         let request = Dispatch::try_from(request.into_inner())?;
         let engine = &self.0.engine;
         let code = request.department_code.as_str();
@@ -145,12 +152,13 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
             })?;
         let tier = engine.tier();
         let action = Action {
-            actor,
+            actor: grant.actor(),
             note: request.note,
             attachments: Default::default(),
         };
         let case = engine
             .act(request.case_id, action, |case| {
+                grant.check_case(case)?;
                 // A center dispatches to the departments of its own org: the street to the
                 // street's, the district to the district's.
                 let grid: GridCode = case
@@ -178,7 +186,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), NoteKind::Remark, |case, _| {
+        self.act(request, Right::Accept, NoteKind::Remark, |case, _| {
             Kind::CheckRequested(pb::CheckRequested {
                 community_code: case.community_code.clone(),
             })
@@ -190,7 +198,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), NoteKind::Remark, |case, _| {
+        self.act(request, Right::Accept, NoteKind::Remark, |case, _| {
             Kind::Reworked(pb::Reworked {
                 department_code: case.department_code.clone(),
             })
@@ -202,7 +210,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, pb::Role::DutyChief, NoteKind::Remark, |_, _| {
+        self.act(request, Right::Close, NoteKind::Remark, |_, _| {
             Kind::Closed(pb::Closed {})
         })
         .await
@@ -212,7 +220,7 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         &self,
         request: Request<pb::CaseActionRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        self.act(request, self.operator(), NoteKind::Reason, |_, note| {
+        self.act(request, Right::Accept, NoteKind::Reason, |_, note| {
             Kind::Escalated(pb::Escalated {
                 reason: note.to_owned(),
             })
@@ -245,22 +253,26 @@ impl Departments {
         note_kind: NoteKind,
         kind: impl FnOnce(String, String) -> Kind,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, pb::Role::DepartmentHandler)?;
+        let grant = authorize(caller(&request)?, Right::Handle, self.0.engine.tier())?;
         let DepartmentAction {
             action: request,
             department_code,
         } = DepartmentAction::parse(request.into_inner(), note_kind)?;
+        grant.check_department(&department_code)?;
         let department = self.department(&department_code).await?;
         let kind = kind(department.code, request.note.as_str().to_owned());
         let action = Action {
-            actor,
+            actor: grant.actor(),
             note: request.note,
             attachments: request.attachments,
         };
         Ok(Response::new(
             self.0
                 .engine
-                .act(request.case_id, action, |_| Ok(kind))
+                .act(request.case_id, action, |case| {
+                    grant.check_case(case)?;
+                    Ok(kind)
+                })
                 .await?,
         ))
     }
@@ -272,13 +284,14 @@ impl pb::department_service_server::DepartmentService for Departments {
         &self,
         request: Request<pb::ListAssignedRequest>,
     ) -> Result<Response<pb::ListAssignedResponse>, Status> {
-        actor(&request, pb::Role::DepartmentHandler)?;
+        let grant = authorize(caller(&request)?, Right::Handle, self.0.engine.tier())?;
         let code = validate::code("department_code", &request.get_ref().department_code)?;
+        grant.check_department(&code)?;
         let department = self.department(&code).await?;
         let engine = &self.0.engine;
         let filter = cases::Filter {
             states: vec!["dispatched".into(), "in_progress".into()],
-            grid_prefix: engine.scope().prefix().to_owned(),
+            grid_prefixes: vec![engine.scope().prefix().to_owned()],
             department: Some(department.code),
             limit: 1000,
             ..Default::default()

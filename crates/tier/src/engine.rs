@@ -22,6 +22,7 @@ use wangge_proto::case_event::Kind;
 use wangge_store::{cases, intake, outbox};
 
 use crate::Error;
+use crate::policy::Grant;
 use crate::request::NewReport;
 use crate::validate::{Attachments, Note};
 
@@ -144,7 +145,10 @@ impl Engine {
     /// again returns the case it created (also when two copies race); the same client id with a
     /// different report is ALREADY_EXISTS.
     #[instrument(skip_all, fields(client_id = %report.client_id))]
-    pub async fn report(&self, actor: pb::Actor, report: NewReport) -> Result<pb::Case, Error> {
+    ///
+    /// The report must lie in one of the grids `grant` covers (a grid worker reports in their own).
+    pub async fn report(&self, grant: &Grant, report: NewReport) -> Result<pb::Case, Error> {
+        let actor = grant.actor();
         let digest = report.digest();
         if let Some(existing) = self.earlier_report(&actor.id, &report, &digest).await? {
             debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
@@ -163,6 +167,7 @@ impl Engine {
                 ),
             )
         })?;
+        grant.check_grid(grid.as_str())?;
         if !wangge_store::registry::category_exists(&self.pool, &report.category_code).await? {
             return Err(Error::invalid(
                 "category_code",

@@ -36,6 +36,15 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller's roles or scope do not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit of the caller (rate, size) was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A bug of ours: logged, opaque to the caller.
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] wangge_store::Error),
 }
@@ -67,6 +76,12 @@ impl From<Error> for Status {
             Error::Refused(refusal) => Status::failed_precondition(refusal.to_string()),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::Internal(message) => {
+                error!(%message, "internal error");
+                Status::internal("internal error")
+            }
             Error::Store(store) => match store.class() {
                 Class::Unavailable => {
                     warn!(error = %store, "database unavailable");
@@ -107,6 +122,15 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::Unauthenticated("who".into()), Code::Unauthenticated),
+            (
+                Error::PermissionDenied("where".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                Error::ResourceExhausted("slow".into()),
+                Code::ResourceExhausted,
+            ),
+            (Error::Internal("bug".into()), Code::Internal),
             (
                 Error::AlreadyExists {
                     field: "client_id",

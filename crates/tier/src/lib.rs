@@ -2,12 +2,13 @@
 //! receipts, reconciliation) under one supervisor, the gRPC server with health, reflection and
 //! grpc-web, the services all tiers share, and the one graceful shutdown path.
 
-pub mod actor;
 pub mod admin;
+pub mod authn;
 pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
+pub mod policy;
 #[cfg(test)]
 mod proptests;
 pub mod query;
@@ -24,6 +25,7 @@ pub mod watch;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
 pub use engine::Engine;
@@ -38,4 +40,15 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// What the admin service reports on.
     pub ops: Arc<admin::Operations>,
+    /// Verifies every caller's token and limits its rate.
+    pub authenticate: authn::Authenticate,
+    /// The largest request message a call may send.
+    pub max_request_bytes: usize,
+}
+
+impl Shared {
+    /// `service` behind the authentication interceptor: no handler runs for an unverified caller.
+    pub fn guard<S>(&self, service: S) -> InterceptedService<S, authn::Authenticate> {
+        InterceptedService::new(service, self.authenticate.clone())
+    }
 }

@@ -5,6 +5,7 @@ use wangge_domain::case::{state_name, tier_name};
 use wangge_proto as pb;
 use wangge_store::{cases, registry};
 
+use crate::policy::{Grant, Right, authorize, caller};
 use crate::request::CaseListing;
 use crate::validate::{self, prefix_in_scope};
 use crate::{Error, Shared};
@@ -12,6 +13,11 @@ use crate::{Error, Shared};
 /// `wangge.v1.CaseQueryService`.
 #[derive(Debug, Clone)]
 pub struct Cases(pub Shared);
+
+/// The caller's grant of `right` at this tier.
+fn grant<T>(shared: &Shared, request: &Request<T>, right: Right) -> Result<Grant, Error> {
+    authorize(caller(request)?, right, shared.engine.tier())
+}
 
 /// Database state names of parsed states.
 pub fn state_names(states: &[pb::CaseState]) -> Vec<String> {
@@ -24,17 +30,22 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
+        let grant = grant(&self.0, &request, Right::Read)?;
         let id = validate::case_id(&request.get_ref().case_id)?;
-        Ok(Response::new(self.0.engine.case(id).await?))
+        let case = self.0.engine.case(id).await?;
+        grant.check_case(&case)?;
+        Ok(Response::new(case))
     }
 
     async fn list_case_events(
         &self,
         request: Request<pb::ListCaseEventsRequest>,
     ) -> Result<Response<pb::ListCaseEventsResponse>, Status> {
+        let grant = grant(&self.0, &request, Right::Read)?;
         let id = validate::case_id(&request.get_ref().case_id)?;
-        // Scope check first: a case outside the scope does not exist here.
-        self.0.engine.case(id).await?;
+        // Scope checks first: a case outside the tier's scope does not exist here, one outside
+        // the caller's is not theirs to read.
+        grant.check_case(&self.0.engine.case(id).await?)?;
         let events = cases::events(self.0.engine.pool(), id)
             .await
             .map_err(Error::from)?;
@@ -45,12 +56,13 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let grant = grant(&self.0, &request, Right::Read)?;
         let engine = &self.0.engine;
         let listing = CaseListing::parse(request.into_inner(), engine.scope())?;
         let limit = listing.page_size;
         let filter = cases::Filter {
             states: state_names(&listing.states),
-            grid_prefix: listing.prefix,
+            grid_prefixes: grant.narrow(&listing.prefix)?,
             owner_tier: listing
                 .owned_only
                 .then(|| tier_name(engine.tier()).to_owned()),
@@ -84,6 +96,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::GetOrgRequest>,
     ) -> Result<Response<pb::Org>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let code = validate::org_code("code", &request.get_ref().code)?;
         let org = registry::org_by_code(self.0.engine.pool(), code.as_str())
             .await
@@ -96,6 +109,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListOrgsRequest>,
     ) -> Result<Response<pb::ListOrgsResponse>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let parent = request.get_ref().parent_code.trim();
         let pool = self.0.engine.pool();
         let orgs = if parent.is_empty() {
@@ -118,6 +132,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListGridsRequest>,
     ) -> Result<Response<pb::ListGridsResponse>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let prefix = prefix_in_scope(
             self.0.engine.scope(),
             "org_code",
@@ -135,6 +150,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::LocateGridRequest>,
     ) -> Result<Response<pb::Grid>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let point = validate::location("location", request.get_ref().location)?;
         let engine = &self.0.engine;
         let code = engine
@@ -162,6 +178,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListCategoriesRequest>,
     ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let scheme = validate::optional_code("scheme", &request.get_ref().scheme)?;
         let categories = registry::categories(self.0.engine.pool(), scheme.as_deref())
             .await
@@ -173,6 +190,7 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListDepartmentsRequest>,
     ) -> Result<Response<pb::ListDepartmentsResponse>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let prefix = prefix_in_scope(
             self.0.engine.scope(),
             "org_code",
@@ -188,21 +206,29 @@ impl pb::registry_service_server::RegistryService for Registry {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        // Workers are people: the registry shows them only inside the caller's scope.
+        let grant = grant(&self.0, &request, Right::Read)?;
         let prefix = prefix_in_scope(
             self.0.engine.scope(),
             "org_code",
             &request.get_ref().org_code,
         )?;
-        let workers = registry::workers(self.0.engine.pool(), &prefix)
-            .await
-            .map_err(Error::from)?;
+        let mut workers = Vec::new();
+        for prefix in grant.narrow(&prefix)? {
+            workers.extend(
+                registry::workers(self.0.engine.pool(), &prefix)
+                    .await
+                    .map_err(Error::from)?,
+            );
+        }
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
     async fn get_scope(
         &self,
-        _request: Request<pb::GetScopeRequest>,
+        request: Request<pb::GetScopeRequest>,
     ) -> Result<Response<pb::Scope>, Status> {
+        grant(&self.0, &request, Right::Reference)?;
         let engine = &self.0.engine;
         let org = registry::org_by_code(engine.pool(), engine.scope().org().as_str())
             .await

@@ -106,6 +106,8 @@ where
 
     let serving = Arc::new(AtomicBool::new(true));
     let shared = Shared {
+        authenticate: authenticate(&config.auth)?,
+        max_request_bytes: config.auth.max_request_bytes,
         engine,
         stopping: CancellationToken::new(),
         ops: Arc::new(admin::Operations {
@@ -141,18 +143,33 @@ where
             }
         });
     }
+    // Health and reflection stay open; every wangge service sits behind the authentication
+    // interceptor (`Shared::guard`).
     let mut routes = RoutesBuilder::default();
     routes
         .add_service(health_service)
-        .add_service(pb::case_query_service_server::CaseQueryServiceServer::new(
-            query::Cases(shared.clone()),
-        ))
-        .add_service(pb::registry_service_server::RegistryServiceServer::new(
-            query::Registry(shared.clone()),
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(
-            admin::Admin(shared.clone()),
-        ));
+        .add_service(
+            shared.guard(
+                pb::case_query_service_server::CaseQueryServiceServer::new(query::Cases(
+                    shared.clone(),
+                ))
+                .max_decoding_message_size(shared.max_request_bytes),
+            ),
+        )
+        .add_service(
+            shared.guard(
+                pb::registry_service_server::RegistryServiceServer::new(query::Registry(
+                    shared.clone(),
+                ))
+                .max_decoding_message_size(shared.max_request_bytes),
+            ),
+        )
+        .add_service(
+            shared.guard(
+                pb::admin_service_server::AdminServiceServer::new(admin::Admin(shared.clone()))
+                    .max_decoding_message_size(shared.max_request_bytes),
+            ),
+        );
     let mounted = mount(&shared, &mut routes);
     // Reflection advertises what this tier serves, not every service of the API.
     let services = [
@@ -218,6 +235,33 @@ where
     }
     info!("stopped");
     Ok(())
+}
+
+/// The interceptor that verifies callers' tokens against the configured keys.
+fn authenticate(config: &crate::config::AuthConfig) -> anyhow::Result<crate::authn::Authenticate> {
+    let mut keys = Vec::new();
+    for path in &config.public_keys {
+        keys.push(wangge_auth::PublicKey::load(path).context("auth.public_keys")?);
+    }
+    if let Some(path) = &config.jwks_file {
+        keys.extend(wangge_auth::PublicKey::load_jwks(path).context("auth.jwks_file")?);
+    }
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "auth: no public keys (auth.public_keys or auth.jwks_file), so every call would be \
+         refused; `wangge keygen` makes a development key pair"
+    );
+    let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
+    info!(keys = ?kids, "caller tokens are verified with these keys");
+    let verifier = wangge_auth::Verifier::new(keys, config.issuer.clone(), config.leeway_secs);
+    let nonzero = |value: u32, name: &str| {
+        std::num::NonZeroU32::new(value).with_context(|| format!("auth.{name} must be above 0"))
+    };
+    Ok(crate::authn::Authenticate::new(
+        verifier,
+        nonzero(config.calls_per_second, "calls_per_second")?,
+        nonzero(config.burst, "burst")?,
+    ))
 }
 
 /// What the background work is made of.

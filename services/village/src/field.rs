@@ -4,8 +4,8 @@ use tonic::{Request, Response, Status};
 use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
 use wangge_store::cases;
-use wangge_tier::actor::actor;
 use wangge_tier::engine::Action;
+use wangge_tier::policy::{Grant, Right, authorize, caller};
 use wangge_tier::request::{CaseAction, CheckResult, NewReport, NoteKind};
 use wangge_tier::validate::prefixes_in_scope;
 use wangge_tier::watch::{UpdateStream, snapshot, watch};
@@ -24,16 +24,31 @@ fn is_task(case: &pb::Case, prefixes: &[String]) -> bool {
             .any(|p| case.grid_code.starts_with(p.as_str()))
 }
 
+/// The caller's grant of `right` at the village.
+fn grant<T>(shared: &Shared, request: &Request<T>, right: Right) -> Result<Grant, Error> {
+    authorize(caller(request)?, right, shared.engine.tier())
+}
+
 impl FieldApp {
-    fn prefixes(&self, codes: &[String]) -> Result<Vec<String>, Error> {
-        prefixes_in_scope(self.0.engine.scope(), "org_codes", codes)
+    /// The grids whose tasks the caller asked for (the whole village when none), narrowed to the
+    /// caller's own.
+    fn prefixes(&self, grant: &Grant, codes: &[String]) -> Result<Vec<String>, Error> {
+        let mut prefixes = Vec::new();
+        for prefix in prefixes_in_scope(self.0.engine.scope(), "org_codes", codes)? {
+            for part in grant.narrow(&prefix)? {
+                if !prefixes.contains(&part) {
+                    prefixes.push(part);
+                }
+            }
+        }
+        Ok(prefixes)
     }
 
     async fn tasks(&self, prefixes: &[String]) -> Result<Vec<pb::Case>, Error> {
         let mut tasks = Vec::new();
         for prefix in prefixes {
             let filter = cases::Filter {
-                grid_prefix: prefix.clone(),
+                grid_prefixes: vec![prefix.clone()],
                 pending_check: true,
                 limit: 1000,
                 ..Default::default()
@@ -52,17 +67,17 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         &self,
         request: Request<pb::ReportCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, pb::Role::GridWorker)?;
+        let grant = grant(&self.0, &request, Right::Report)?;
         let report = NewReport::parse(request.into_inner(), chrono::Utc::now())?;
-        Ok(Response::new(self.0.engine.report(actor, report).await?))
+        Ok(Response::new(self.0.engine.report(&grant, report).await?))
     }
 
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        actor(&request, pb::Role::GridWorker)?;
-        let prefixes = self.prefixes(&request.get_ref().org_codes)?;
+        let grant = grant(&self.0, &request, Right::ReadTasks)?;
+        let prefixes = self.prefixes(&grant, &request.get_ref().org_codes)?;
         Ok(Response::new(pb::ListTasksResponse {
             cases: self.tasks(&prefixes).await?,
         }))
@@ -72,8 +87,8 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        actor(&request, pb::Role::GridWorker)?;
-        let prefixes = self.prefixes(&request.get_ref().org_codes)?;
+        let grant = grant(&self.0, &request, Right::ReadTasks)?;
+        let prefixes = self.prefixes(&grant, &request.get_ref().org_codes)?;
         let live = self.0.engine.subscribe();
         let initial = snapshot(self.tasks(&prefixes).await?);
         let stream = watch(&self.0, live, initial, move |update| {
@@ -89,21 +104,24 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
         &self,
         request: Request<pb::ConfirmCheckRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, pb::Role::GridWorker)?;
+        let grant = grant(&self.0, &request, Right::ConfirmCheck)?;
         let CheckResult {
             action: request,
             passed,
         } = CheckResult::try_from(request.into_inner())?;
         let kind = Kind::Checked(pb::Checked { passed });
         let action = Action {
-            actor,
+            actor: grant.actor(),
             note: request.note,
             attachments: request.attachments,
         };
         Ok(Response::new(
             self.0
                 .engine
-                .act(request.case_id, action, |_| Ok(kind))
+                .act(request.case_id, action, |case| {
+                    grant.check_case(case)?;
+                    Ok(kind)
+                })
                 .await?,
         ))
     }
@@ -119,7 +137,7 @@ impl Community {
         request: Request<pb::ReviewRequest>,
         approve: bool,
     ) -> Result<Response<pb::Case>, Status> {
-        let actor = actor(&request, pb::Role::CommunityStaff)?;
+        let grant = grant(&self.0, &request, Right::ReviewSelfHandled)?;
         // A rejection says why the case goes up to the street after all.
         let note_kind = if approve {
             NoteKind::Remark
@@ -135,14 +153,17 @@ impl Community {
             })
         };
         let action = Action {
-            actor,
+            actor: grant.actor(),
             note: request.note,
             attachments: request.attachments,
         };
         Ok(Response::new(
             self.0
                 .engine
-                .act(request.case_id, action, |_| Ok(kind))
+                .act(request.case_id, action, |case| {
+                    grant.check_case(case)?;
+                    Ok(kind)
+                })
                 .await?,
         ))
     }

@@ -24,12 +24,22 @@ pub async fn run(
         shutdown,
         |shared, routes| {
             routes
-                .add_service(pb::field_app_service_server::FieldAppServiceServer::new(
-                    FieldApp(shared.clone()),
-                ))
-                .add_service(pb::community_service_server::CommunityServiceServer::new(
-                    Community(shared.clone()),
-                ));
+                .add_service(
+                    shared.guard(
+                        pb::field_app_service_server::FieldAppServiceServer::new(FieldApp(
+                            shared.clone(),
+                        ))
+                        .max_decoding_message_size(shared.max_request_bytes),
+                    ),
+                )
+                .add_service(
+                    shared.guard(
+                        pb::community_service_server::CommunityServiceServer::new(Community(
+                            shared.clone(),
+                        ))
+                        .max_decoding_message_size(shared.max_request_bytes),
+                    ),
+                );
             vec![
                 pb::field_app_service_server::SERVICE_NAME,
                 pb::community_service_server::SERVICE_NAME,

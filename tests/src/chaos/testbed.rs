@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tonic::transport::Channel;
+use crate::Channel;
 use wangge_domain::case::tier_name;
 use wangge_proto::Tier;
 
@@ -58,7 +58,10 @@ impl Testbed {
         );
         let (village, street, district) = (village?, street?, district?);
         let lazy = |node: &Node| -> anyhow::Result<Channel> {
-            Ok(Channel::from_shared(format!("http://{}", node.process.addr))?.connect_lazy())
+            Ok(crate::identity::observed(
+                tonic::transport::Channel::from_shared(format!("http://{}", node.process.addr))?
+                    .connect_lazy(),
+            ))
         };
         let clients = TierClients {
             village: lazy(&village)?,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use wangge_proto as pb;
 use wangge_proto::CaseState;
@@ -159,9 +158,13 @@ impl Workload {
         for (app, grid) in GRIDS.into_iter().enumerate() {
             // Each field app on its own connection, as separate phones are (a clone of a channel
             // would share one).
-            let own = Channel::from_shared(format!("http://{}", bed.village.process.addr))
-                .expect("a valid URI")
-                .connect_lazy();
+            let own = tonic::transport::Channel::from_shared(format!(
+                "http://{}",
+                bed.village.process.addr
+            ))
+            .expect("a valid URI")
+            .connect_lazy();
+            let own = crate::identity::observed(own);
             let app = FieldApp {
                 field: FieldClient::new(own),
                 grid,
