@@ -105,10 +105,19 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<stream::Stream, Er
             {}
         Err(error) => return Err(Error::nats(error)),
     }
-    js.create_stream(stream_config())
-        .await
-        .map_err(|error| Error::StreamMissing(error.to_string()))
+    // A user that may not create it gets no answer at all: waiting long for one only delays the
+    // next look, which finds the stream once it is there.
+    match tokio::time::timeout(CREATE_TIMEOUT, js.create_stream(stream_config())).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(Error::StreamMissing(error.to_string())),
+        Err(_) => Err(Error::StreamMissing(format!(
+            "no answer within {CREATE_TIMEOUT:?}"
+        ))),
+    }
 }
+
+/// How long a tier waits for JetStream to create the case stream.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the case stream is made.
 fn stream_config() -> stream::Config {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, NatsAuthConfig};
 pub use engine::Engine;
 pub use error::Error;
 pub use server::run;
