@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+use wangge_domain::case::tier_name;
+use wangge_proto::Tier;
 
 use crate::{eventually, free_port};
 
@@ -15,6 +17,8 @@ use crate::{eventually, free_port};
 pub struct NatsServer {
     child: Option<Child>,
     launch: Launch,
+    /// Started with users (`single.conf`): the test clients connect as `wangge-admin`.
+    users: bool,
     /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
     home: tempfile::TempDir,
 }
@@ -24,6 +28,24 @@ struct Launch {
     port: u16,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+}
+
+/// The user of `deploy/nats/gen-users` that may do everything.
+pub const ADMIN_USER: &str = "wangge-admin";
+
+/// The password of `user` on a server started [`NatsServer::with_users`].
+pub fn password_of(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+/// The credential of a tier instance on a server started [`NatsServer::with_users`].
+pub fn credential_of(tier: Tier, scope: &str) -> wangge_tier::NatsAuthConfig {
+    let user = format!("{}-{scope}", tier_name(tier));
+    wangge_tier::NatsAuthConfig {
+        password: Some(password_of(&user).into()),
+        user: Some(user),
+        ..Default::default()
+    }
 }
 
 /// The nats-server binary: `WANGGE_NATS_SERVER`, else the one on PATH or Debian's.
@@ -114,6 +136,88 @@ impl NatsServer {
         .await
     }
 
+    /// One server with JetStream and a NATS user per tier instance: `deploy/nats/single.conf`
+    /// with the users `deploy/nats/gen-users` writes for `instances` (tier and scope), each with
+    /// the password [`password_of`] gives. The clients of the harness connect as `wangge-admin`.
+    pub async fn with_users(instances: &[(Tier, &str)]) -> NatsServer {
+        let args: Vec<String> = instances
+            .iter()
+            .map(|(tier, scope)| format!("{}:{scope}", tier_name(*tier)))
+            .collect();
+        let output = std::process::Command::new(deploy_dir().join("gen-users"))
+            .args(&args)
+            .output()
+            .expect("run deploy/nats/gen-users");
+        assert!(
+            output.status.success(),
+            "gen-users {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut env: Vec<(String, String)> = instances
+            .iter()
+            .map(|(tier, scope)| {
+                let user = format!("{}-{scope}", tier_name(*tier));
+                let variable = format!(
+                    "WANGGE_NATS_PASSWORD_{}_{scope}",
+                    tier_name(*tier).to_uppercase()
+                );
+                (variable, password_of(&user))
+            })
+            .collect();
+        env.push(("WANGGE_NATS_PASSWORD_ADMIN".into(), password_of(ADMIN_USER)));
+        let mut server = NatsServer::launch(|home| {
+            // The server reads users.conf from the directory of single.conf.
+            std::fs::write(home.join("users.conf"), &output.stdout).unwrap();
+            std::fs::copy(deploy_dir().join("single.conf"), home.join("single.conf")).unwrap();
+            let port = free_port();
+            let mut env = env.clone();
+            env.extend([
+                ("WANGGE_NATS_NAME".to_owned(), format!("test-{port}")),
+                ("WANGGE_NATS_HOST".to_owned(), "127.0.0.1".to_owned()),
+                ("WANGGE_NATS_PORT".to_owned(), port.to_string()),
+                (
+                    "WANGGE_NATS_STORE".to_owned(),
+                    home.join("store").display().to_string(),
+                ),
+            ]);
+            Launch {
+                port,
+                args: vec![OsString::from("-c"), home.join("single.conf").into()],
+                env,
+            }
+        })
+        .await;
+        server.users = true;
+        server
+    }
+
+    /// A client connected as `user` with its password (and its own reply subjects, as a tier
+    /// connects), and the errors the server sends it (permissions violations among them).
+    pub async fn client_as(
+        &self,
+        user: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let (errors_tx, errors) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .user_and_password(user.to_owned(), password_of(user))
+            .custom_inbox_prefix(format!("_INBOX.{user}"))
+            .event_callback(move |event| {
+                let errors_tx = errors_tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(error) = event {
+                        let _ = errors_tx.send(error.to_string());
+                    }
+                }
+            })
+            .connect(self.url())
+            .await
+            .unwrap();
+        (client, errors)
+    }
+
     async fn launch(mut choose: impl FnMut(&Path) -> Launch) -> NatsServer {
         let home = tempfile::tempdir().unwrap();
         let mut attempt = 1;
@@ -124,6 +228,7 @@ impl NatsServer {
                     return NatsServer {
                         child: Some(child),
                         launch,
+                        users: false,
                         home,
                     };
                 }
@@ -179,7 +284,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.launch.port)
     }
 
+    /// A client that may do everything: anonymous, or `wangge-admin` on a server with users.
     pub async fn client(&self) -> async_nats::Client {
+        if self.users {
+            return self.client_as(ADMIN_USER).await.0;
+        }
         async_nats::connect(self.url()).await.unwrap()
     }
 

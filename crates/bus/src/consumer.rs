@@ -154,7 +154,7 @@ impl Consumer {
                 .and_then(|m| m.info().ok())
                 .map_or(0, |info| info.pending);
             if behind > LIVE_LANE_FROM {
-                live.start(&self.js, &self.filter, handler, shutdown);
+                live.start(&self.js, &self.durable, &self.filter, handler, shutdown);
             } else if behind < LIVE_LANE_UNTIL {
                 live.stop().await;
             }
@@ -202,6 +202,7 @@ impl LiveLane {
     fn start<H: Handler + Clone>(
         &mut self,
         js: &jetstream::Context,
+        durable: &str,
         filter: &str,
         handler: &H,
         shutdown: &CancellationToken,
@@ -216,6 +217,7 @@ impl LiveLane {
         let stop = shutdown.child_token();
         let task = tokio::spawn(live_lane(
             js.clone(),
+            live_lane_name(durable),
             filter.to_owned(),
             handler.clone(),
             stop.clone(),
@@ -233,16 +235,27 @@ impl LiveLane {
     }
 }
 
+/// The live lane's consumer is named after the durable one: NATS permissions can then allow a
+/// tier exactly its own consumers (deploy/nats/README.md).
+pub fn live_lane_name(durable: &str) -> String {
+    format!("{durable}-live")
+}
+
 async fn live_lane<H: Handler>(
     js: jetstream::Context,
+    name: String,
     filter: String,
     handler: H,
     stop: CancellationToken,
 ) {
     let open = async {
         let stream = ensure_stream(&js).await?;
+        // A lane of an earlier backlog may linger (until its inactivity threshold) with another
+        // start time, and a consumer's start cannot be changed: begin afresh.
+        let _ = stream.delete_consumer(&name).await;
         let consumer = stream
             .create_consumer(pull::Config {
+                name: Some(name.clone()),
                 filter_subject: filter.clone(),
                 // From a little before now: the reports sent since the backlog began to drain
                 // are live too.

@@ -49,6 +49,9 @@ const LIVE_ROWS: i64 = 32;
 const MAX_IN_FLIGHT: i64 = 512;
 const FLIGHT_TIME: Duration = Duration::from_secs(10);
 
+/// How long the relay waits for one stream message lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
@@ -294,7 +297,10 @@ impl Relay {
         let info = stream.info().await.map_err(Error::nats)?.clone();
         let created = info.created.unix_timestamp_nanos() as i64;
         self.incarnation = Some(created);
-        let holes = info.state.deleted_count.unwrap_or(0) > 0;
+        // Messages were removed from the middle of the stream: each is looked up, while lookups
+        // work. A tier whose NATS user may not read the stream by sequence (only the district's
+        // may) gets no answer: its rows count as held, and reconciliation finds what is missing.
+        let mut lookups = info.state.deleted_count.unwrap_or(0) > 0;
         let mut lost: Vec<Uuid> = Vec::new();
         let mut later = Vec::new();
         for row in &rows {
@@ -302,15 +308,24 @@ impl Relay {
             let mut held = row.stream_created == Some(created)
                 && seq >= info.state.first_sequence
                 && seq <= info.state.last_sequence;
-            if held && holes {
-                // Messages were removed from the middle of the stream: look this one up.
-                held = match stream.get_raw_message(seq).await {
-                    Ok(_) => true,
-                    Err(error) => !matches!(
-                        error.kind(),
-                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                    ),
-                };
+            if held && lookups {
+                match tokio::time::timeout(LOOKUP_TIMEOUT, stream.get_raw_message(seq)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error))
+                        if error.kind()
+                            == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        held = false;
+                    }
+                    Ok(Err(error)) => {
+                        debug!(%error, "stream message lookup failed, looking up no more this round");
+                        lookups = false;
+                    }
+                    Err(_) => {
+                        debug!("stream message lookup unanswered, looking up no more this round");
+                        lookups = false;
+                    }
+                }
             }
             if held {
                 later.push((

@@ -41,6 +41,39 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// How this instance proves itself to NATS; unset, it connects anonymously.
+    pub nats_auth: NatsAuthConfig,
+}
+
+/// The NATS credential of one tier instance: a user and password, an NKey seed file or a `.creds`
+/// file, as the server's configuration expects (deploy/nats/README.md, "Users and permissions").
+/// With any of them set, the instance's reply subjects are `_INBOX.<tier>-<scope>.>`, so the
+/// server can let each user receive only its own replies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsAuthConfig {
+    /// The user, by convention `<tier>-<scope>` (e.g. `village-350205002006`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's password (`WANGGE_NATS_AUTH__PASSWORD`); never logged, `***` in dumps.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_secret"
+    )]
+    pub password: Option<SecretString>,
+    /// A file holding the NKey seed (`SU…`) of the instance, instead of user and password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and NKey seed) for a server in operator mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl NatsAuthConfig {
+    /// Whether any credential is configured.
+    pub fn is_set(&self) -> bool {
+        self.user.is_some() || self.nkey_seed_file.is_some() || self.credentials_file.is_some()
+    }
 }
 
 /// Who may call: the keys caller tokens are verified with, and each caller's limits.
@@ -155,6 +188,13 @@ fn digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
+fn redacted_secret<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
+}
+
 fn redacted_url<S: Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     let url = url.expose_secret();
     // Hide a password between "user:" and "@".
@@ -208,6 +248,7 @@ impl Config {
                 format: "text".into(),
                 filter: "info".into(),
             },
+            nats_auth: NatsAuthConfig::default(),
         }
     }
 }
@@ -294,6 +335,13 @@ mod tests {
         );
         assert!(!text.contains("hunter2"));
         assert!(text.contains("[log]"));
+        config.nats_auth.user = Some("street-350205002".into());
+        config.nats_auth.password = Some("s3cr3t-nats".to_owned().into());
+        let text = dump(&config).unwrap();
+        assert!(text.contains("user = \"street-350205002\""), "{text}");
+        assert!(text.contains("password = \"***\""), "{text}");
+        assert!(!text.contains("s3cr3t-nats"), "{text}");
+        assert!(!format!("{config:?}").contains("s3cr3t-nats"));
         // Odd URLs are shown as they are, never a panic.
         for odd in ["a@b://c", "postgres://", "@", "x://y@"] {
             config.database_url = odd.to_owned().into();
@@ -309,5 +357,28 @@ mod tests {
         assert_eq!(config.listen.port(), 1);
         let cli = Cli::parse_from(["x", "--scope", "35"]);
         assert!(cli.load(Tier::Street).is_err());
+    }
+
+    #[test]
+    fn a_nats_credential_comes_from_the_file() {
+        let path = std::env::temp_dir().join(format!("wangge-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[nats_auth]\nuser = \"village-350205002006\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["x", "--config", path.to_str().unwrap()]);
+        let config = cli.load(Tier::Village);
+        std::fs::remove_file(&path).unwrap();
+        let auth = config.unwrap().nats_auth;
+        assert!(auth.is_set());
+        assert_eq!(auth.user.as_deref(), Some("village-350205002006"));
+        assert_eq!(
+            auth.password
+                .map(|p| p.expose_secret().to_owned())
+                .as_deref(),
+            Some("pw")
+        );
+        assert!(!Config::defaults(Tier::Village).nats_auth.is_set());
     }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-pub use config::Config;
+pub use config::{Config, NatsAuthConfig};
 pub use engine::Engine;
 pub use error::Error;
 pub use server::run;

@@ -7,6 +7,9 @@
 //! `replay`, store, and then whatever was parked behind it. After the commit, watchers hear of the
 //! changes and the authors get **receipts** for every event this tier now holds.
 //!
+//! Events whose author could not have sent them on their subject (a village writing for another
+//! community) are kept as dead letters, never applied.
+//!
 //! Poison isolation: a database that is away makes the whole batch come again later; any other
 //! failure (a refused event, a constraint, even a panic) makes the batch be applied again one message
 //! at a time, and only the failing message is set aside as a dead letter.
@@ -25,7 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, instrument, warn};
 use uuid::Uuid;
 use wangge_bus::receipts::{Held, ReceiptSender};
-use wangge_bus::{Disposition, Handler, Message, case_subject, grid_of_subject};
+use wangge_bus::{Disposition, Handler, Message, case_subject, check_author, grid_of_subject};
 use wangge_domain::case::{self as machine, tier_name};
 use wangge_domain::{GridCode, OrgCode};
 use wangge_proto as pb;
@@ -316,6 +319,14 @@ impl Replicator {
             let reason = format!(
                 "arrived on the subject of grid {subject_grid}, but the case lies in grid {case_grid}"
             );
+            return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
+        }
+        // Whoever wrote the event must be one who may publish on its subject: NATS permissions
+        // keep each tier's credential to its scope, and this refuses what got past them.
+        if let Some(subject_grid) = subject_grid
+            && let Err(out_of_scope) = check_author(event.tier, &event.org_code, &subject_grid)
+        {
+            let reason = format!("sent outside its author's scope: {out_of_scope}");
             return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
         }
         if !self.engine.scope().contains_grid(&case_grid) {

@@ -428,7 +428,8 @@ async fn connect_nats(
 ) -> anyhow::Result<(async_nats::Client, Arc<Notify>)> {
     let reconnected = Arc::new(Notify::new());
     let on_event = reconnected.clone();
-    let client = async_nats::ConnectOptions::new()
+    let client = with_credentials(async_nats::ConnectOptions::new(), config, name)
+        .await?
         .name(name)
         .retry_on_initial_connect()
         // Back on the bus within a second of the link returning (the default waits up to 4 s).
@@ -459,6 +460,45 @@ async fn connect_nats(
         .await
         .context("bad NATS URL")?;
     Ok((client, reconnected))
+}
+
+/// Adds the instance's NATS credential (`nats_auth`) to `options`, and with it replies under
+/// `_INBOX.<name>`: the server's permissions let each user subscribe to its own inbox only, so no
+/// tier can read the replies (pulled messages among them) meant for another.
+async fn with_credentials(
+    options: async_nats::ConnectOptions,
+    config: &Config,
+    name: &str,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    let auth = &config.nats_auth;
+    if !auth.is_set() {
+        return Ok(options);
+    }
+    let mut options = options.custom_inbox_prefix(format!("_INBOX.{name}"));
+    if let Some(user) = &auth.user {
+        let password = auth
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned())
+            .unwrap_or_default();
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(path) = &auth.nkey_seed_file {
+        let seed = std::fs::read_to_string(path)
+            .with_context(|| format!("nats_auth.nkey_seed_file {}", path.display()))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(path) = &auth.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("nats_auth.credentials_file {}", path.display()))?;
+    }
+    info!(
+        user = auth.user.as_deref().unwrap_or("(nkey or creds)"),
+        "nats credential set"
+    );
+    Ok(options)
 }
 
 /// Removes old inbox entries now and then, so the table stays the size of the retention window.
