@@ -12,10 +12,9 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use prost::bytes::BufMut as _;
+
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
 use wangge_proto as pb;
 use wangge_proto::Tier;
@@ -23,51 +22,7 @@ use wangge_tests::Cluster;
 use wangge_tests::cluster::{FieldClient, as_actor};
 use wangge_tests::db::admin_url;
 use wangge_tests::fixtures::*;
-
-/// Sends bytes as they are, for requests no generated client would encode.
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-#[derive(Debug, Clone, Default)]
-struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put_slice(&item);
-        Ok(())
-    }
-}
-
-/// Answers are not looked at: every call here must fail.
-#[derive(Debug, Clone, Default)]
-struct IgnoreDecoder;
-
-impl Decoder for IgnoreDecoder {
-    type Item = ();
-    type Error = Status;
-
-    fn decode(&mut self, _buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        Ok(Some(()))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = IgnoreDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> IgnoreDecoder {
-        IgnoreDecoder
-    }
-}
+use wangge_tests::raw::RawCodec;
 
 /// Calls `method` with `bytes` as the encoded request; returns the status it failed with.
 async fn raw_call(

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod authority;
 mod bus;
 mod case_loop;
 mod chaos;

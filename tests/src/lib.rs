@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod identity;
 pub mod nats;
 pub mod process;
+pub mod raw;
 pub mod topology;
 
 use std::future::Future;
