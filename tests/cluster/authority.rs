@@ -344,7 +344,6 @@ fn table(case_id: &str) -> Vec<Row> {
             pb::ReviewRequest {
                 case_id: case_id.to_owned(),
                 note: String::new(),
-                ..Default::default()
             },
             &["community_staff"],
         ),
@@ -354,7 +353,6 @@ fn table(case_id: &str) -> Vec<Row> {
             pb::ReviewRequest {
                 case_id: case_id.to_owned(),
                 note: "需街道处置".into(),
-                ..Default::default()
             },
             &["community_staff"],
         ),
