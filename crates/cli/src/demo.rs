@@ -25,6 +25,8 @@ pub struct Args {
     /// The grid to report in.
     #[arg(long, default_value = "350205002006001")]
     grid: String,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
 fn as_actor<T>(actor: &str, message: T) -> anyhow::Result<Request<T>> {
@@ -35,10 +37,11 @@ fn as_actor<T>(actor: &str, message: T) -> anyhow::Result<Request<T>> {
     Ok(request)
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
+async fn connect(tls: &crate::tls::Tls, url: &str) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = tls.endpoint(url)?;
     loop {
-        match Channel::from_shared(url.to_owned())?.connect().await {
+        match endpoint.connect().await {
             Ok(channel) => {
                 let mut health =
                     pb::registry_service_client::RegistryServiceClient::new(channel.clone());
@@ -115,9 +118,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .find(|g| g.code.to_string() == args.grid)
         .context("grid not in the seeds")?;
     let (longitude, latitude) = wangge_seed::interior_point(grid);
-    let village = connect(&args.village).await?;
-    let street = connect(&args.street).await?;
-    let district = connect(&args.district).await?;
+    let village = connect(&args.tls, &args.village).await?;
+    let street = connect(&args.tls, &args.street).await?;
+    let district = connect(&args.tls, &args.district).await?;
     let tiers = [
         ("village", village.clone()),
         ("street", street.clone()),

@@ -33,6 +33,8 @@ pub struct Args {
     /// Only send: do not wait for the reports to reach the street and the district (to build a backlog).
     #[arg(long)]
     no_wait: bool,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
 pub(crate) async fn status(channel: &Channel) -> anyhow::Result<pb::TierStatus> {
@@ -63,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "no seeded grid under {}",
         args.grid_prefix
     );
-    let connect = |url: &str| Channel::from_shared(url.to_owned()).map(|c| c.connect_lazy());
+    let connect = |url: &str| args.tls.endpoint(url).map(|e| e.connect_lazy());
     let (village, street, district) = (
         connect(&args.village)?,
         connect(&args.street)?,

@@ -5,6 +5,7 @@
 mod demo;
 mod load;
 mod status;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use wangge_proto as pb;
 
 #[derive(Debug, clap::Args)]
@@ -17,15 +16,18 @@ pub struct Args {
     /// How long each tier has to answer, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
 /// What one tier said, or why it said nothing.
 type Answer = Result<pb::TierStatus, String>;
 
-async fn ask(url: &str, deadline: Duration) -> Answer {
+async fn ask(tls: &crate::tls::Tls, url: &str, deadline: Duration) -> Answer {
     let attempt = async {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| format!("bad address: {e}"))?
+        let channel = tls
+            .endpoint(url)
+            .map_err(|e| format!("{e:#}"))?
             .connect_timeout(deadline)
             .connect()
             .await
@@ -178,7 +180,8 @@ fn describe(url: &str, answer: &Answer) -> Vec<String> {
 /// Prints every tier; returns the exit code.
 pub async fn run(args: Args) -> i32 {
     let deadline = Duration::from_millis(args.timeout_ms.max(1));
-    let answers = futures::future::join_all(args.tiers.iter().map(|url| ask(url, deadline))).await;
+    let answers =
+        futures::future::join_all(args.tiers.iter().map(|url| ask(&args.tls, url, deadline))).await;
     let mut code = 0;
     for (url, answer) in args.tiers.iter().zip(&answers) {
         for line in describe(url, answer) {
