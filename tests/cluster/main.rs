@@ -9,4 +9,5 @@ mod chaos;
 mod client_errors;
 mod delivery;
 mod edges;
+mod tls;
 mod topology;
