@@ -334,7 +334,7 @@ async fn a_tier_binary_serves_health_reflection_and_grpc_web_and_stops_on_sigter
 /// failing on any error; returns the listed names.
 macro_rules! describe_everything {
     ($name:ident, $protocol:ident) => {
-        async fn $name(channel: wangge_tests::Channel) -> Vec<String> {
+        pub(crate) async fn $name(channel: wangge_tests::Channel) -> Vec<String> {
             use prost::Message as _;
             use tonic_reflection::pb::$protocol::{
                 ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

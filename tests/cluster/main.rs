@@ -11,4 +11,5 @@ mod client_errors;
 mod delivery;
 mod edges;
 mod nats_accounts;
+mod tls;
 mod topology;

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use wangge_proto as pb;
 use wangge_proto::Tier;
 use wangge_tier::Config;
@@ -17,6 +18,7 @@ use wangge_tier::Config;
 use crate::db::TestDb;
 use crate::eventually;
 use crate::nats::NatsServer;
+use crate::tls::TestPki;
 use crate::topology::{self, LeafNodes, NatsTopology};
 
 /// The village and the street serve 新阳街道 (Haicang), the district serves Haicang.
@@ -30,6 +32,8 @@ pub struct TierHandle {
     pub addr: SocketAddr,
     pub db: TestDb,
     config: Config,
+    /// How the test's clients reach the tier: plain text unless set.
+    client_tls: Option<ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -56,6 +60,30 @@ impl TierHandle {
         db: TestDb,
         tweak: impl FnOnce(&mut Config),
     ) -> TierHandle {
+        TierHandle::start_reached(tier, scope, nats_url, db, None, tweak).await
+    }
+
+    /// Like [`Self::start_with`] for a tier that `tweak` sets up to serve over TLS: the test's
+    /// clients connect with `client_tls`.
+    pub async fn start_secure(
+        tier: Tier,
+        scope: &str,
+        nats_url: &str,
+        db: TestDb,
+        client_tls: ClientTlsConfig,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TierHandle {
+        TierHandle::start_reached(tier, scope, nats_url, db, Some(client_tls), tweak).await
+    }
+
+    async fn start_reached(
+        tier: Tier,
+        scope: &str,
+        nats_url: &str,
+        db: TestDb,
+        client_tls: Option<ClientTlsConfig>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TierHandle {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config::defaults(tier);
@@ -67,10 +95,16 @@ impl TierHandle {
         config.auth.public_keys = vec![crate::identity::public_key().to_owned()];
         quick_delivery(&mut config);
         tweak(&mut config);
-        TierHandle::launch(tier, listener, config, db).await
+        TierHandle::launch(tier, listener, config, client_tls, db).await
     }
 
-    async fn launch(tier: Tier, listener: TcpListener, config: Config, db: TestDb) -> TierHandle {
+    async fn launch(
+        tier: Tier,
+        listener: TcpListener,
+        config: Config,
+        client_tls: Option<ClientTlsConfig>,
+        db: TestDb,
+    ) -> TierHandle {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
@@ -90,6 +124,7 @@ impl TierHandle {
             addr,
             db,
             config,
+            client_tls,
             stop: Some(stop),
             task: Some(task),
         };
@@ -110,23 +145,22 @@ impl TierHandle {
             name: std::mem::take(&mut self.db.name),
             url: self.db.url.clone(),
         };
-        *self = TierHandle::launch(self.tier, listener, self.config.clone(), db).await;
+        let client_tls = self.client_tls.take();
+        *self = TierHandle::launch(self.tier, listener, self.config.clone(), client_tls, db).await;
+    }
+
+    /// The tier's gRPC endpoint, over TLS when the tier serves so.
+    pub fn endpoint(&self) -> Endpoint {
+        crate::endpoint(self.addr, self.client_tls.as_ref())
     }
 
     pub async fn channel(&self) -> Channel {
-        crate::identity::observed(
-            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
+        crate::identity::observed(self.endpoint().connect().await.unwrap())
     }
 
     async fn wait_serving(&self) {
-        let addr = self.addr;
         eventually("the tier to serve", Duration::from_secs(20), || {
-            crate::serving(addr)
+            crate::serving_at(self.endpoint())
         })
         .await;
     }
@@ -240,6 +274,55 @@ impl Cluster {
             district,
             nats,
             leaves,
+        }
+    }
+
+    /// The tiers with the test scopes, everything over TLS with the certificates of `pki` (keep
+    /// it alive until the cluster stopped): one nats-server that speaks only TLS and checks client
+    /// certificates, and tiers that serve gRPC over TLS to clients with certificates only.
+    pub async fn start_tls(pki: &TestPki) -> Cluster {
+        crate::init_logs();
+        let nats = NatsServer::start_tls(pki).await;
+        let (vdb, sdb, ddb) = tokio::join!(
+            TestDb::seeded("village"),
+            TestDb::seeded("street"),
+            TestDb::seeded("district")
+        );
+        let url = nats.url();
+        let configure = |config: &mut Config| config.tls = pki.tier_tls();
+        let (village, street, district) = tokio::join!(
+            TierHandle::start_secure(
+                Tier::Village,
+                VILLAGE_SCOPE,
+                &url,
+                vdb,
+                pki.grpc_client(),
+                configure
+            ),
+            TierHandle::start_secure(
+                Tier::Street,
+                STREET_SCOPE,
+                &url,
+                sdb,
+                pki.grpc_client(),
+                configure
+            ),
+            TierHandle::start_secure(
+                Tier::District,
+                DISTRICT_SCOPE,
+                &url,
+                ddb,
+                pki.grpc_client(),
+                configure
+            ),
+        );
+        nats.case_stream_with_consumers(3).await;
+        Cluster {
+            village,
+            street,
+            district,
+            nats,
+            leaves: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod nats;
 pub mod process;
 pub mod raw;
+pub mod tls;
 pub mod topology;
 
 use std::future::Future;
@@ -68,14 +69,29 @@ where
 
 /// Some(()) once the gRPC server at `addr` answers its health check as SERVING.
 pub async fn serving(addr: std::net::SocketAddr) -> Option<()> {
+    serving_at(endpoint(addr, None)).await
+}
+
+/// The gRPC endpoint of a tier at `addr`: plain text, or TLS as `tls` says.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> tonic::transport::Endpoint {
+    match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap(),
+    }
+}
+
+/// Like [`serving`], for any endpoint.
+pub async fn serving_at(endpoint: tonic::transport::Endpoint) -> Option<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
+    let channel = endpoint.connect().await.ok()?;
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest::default())
         .await

@@ -11,6 +11,10 @@ use tokio::process::{Child, Command};
 use wangge_domain::case::tier_name;
 use wangge_proto::Tier;
 
+use wangge_tier::config::TlsConfig;
+use wangge_tier::tls::NatsTls as _;
+
+use crate::tls::TestPki;
 use crate::{eventually, free_port};
 
 /// A nats-server child process; killed on drop.
@@ -21,6 +25,8 @@ pub struct NatsServer {
     users: bool,
     /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
     home: tempfile::TempDir,
+    /// How the test's own clients reach a server that requires TLS.
+    client_tls: Option<TlsConfig>,
 }
 
 /// How a server is started: its client port, arguments and environment.
@@ -218,6 +224,35 @@ impl NatsServer {
         (client, errors)
     }
 
+    /// One server with JetStream that speaks TLS only, with the certificate of `pki`, and
+    /// verifies its clients' certificates: every client that gets in came over TLS.
+    pub async fn start_tls(pki: &TestPki) -> NatsServer {
+        let mut server = NatsServer::launch(|home| {
+            let port = free_port();
+            let file = home.join("tls.conf");
+            // A generous handshake timeout: debug builds on two busy cores.
+            let config = format!(
+                "listen: 127.0.0.1:{port}\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n  ca_file: {ca:?}\n  \
+                 verify: true\n  timeout: 5\n}}\n",
+                store = home.join("store"),
+                cert = pki.path("server.pem"),
+                key = pki.path("server-key.pem"),
+                ca = pki.path("ca.pem"),
+            );
+            std::fs::write(&file, config).unwrap();
+            Launch {
+                port,
+                args: vec![OsString::from("-c"), file.into()],
+                env: Vec::new(),
+            }
+        })
+        .await;
+        server.client_tls = Some(pki.nats_client_tls());
+        server
+    }
+
     async fn launch(mut choose: impl FnMut(&Path) -> Launch) -> NatsServer {
         let home = tempfile::tempdir().unwrap();
         let mut attempt = 1;
@@ -230,6 +265,7 @@ impl NatsServer {
                         launch,
                         users: false,
                         home,
+                        client_tls: None,
                     };
                 }
                 // A free port is only free until someone binds it: choose again.
@@ -289,7 +325,14 @@ impl NatsServer {
         if self.users {
             return self.client_as(ADMIN_USER).await.0;
         }
-        async_nats::connect(self.url()).await.unwrap()
+        let options = async_nats::ConnectOptions::new();
+        match &self.client_tls {
+            Some(tls) => options.tls(tls),
+            None => options,
+        }
+        .connect(self.url())
+        .await
+        .unwrap()
     }
 
     /// A JetStream context, once the tiers have created the case stream (they do so in the

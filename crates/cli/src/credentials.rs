@@ -1,6 +1,6 @@
 //! How the command line calls as somebody: a token given as it is (`--token`, `WANGGE_TOKEN`), or,
 //! for development and demos, tokens it signs itself for the demo's personas with a development
-//! key (`--key`, `WANGGE_SIGNING_KEY`; `wangge keygen` makes one, `deploy/up` too).
+//! key (`--signing-key`, `WANGGE_SIGNING_KEY`; `wangge keygen` makes one, `deploy/up` too).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -15,17 +15,17 @@ const TTL_SECS: i64 = 3600;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Credentials {
-    /// A bearer token to call with; wins over --key.
+    /// A bearer token to call with; wins over --signing-key.
     #[arg(long, env = "WANGGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A development signing key (`<key id>.key.pem`): the command line signs its personas'
     /// tokens with it.
     #[arg(
-        long,
+        long = "signing-key",
         env = "WANGGE_SIGNING_KEY",
         default_value = ".wangge/keys/dev.key.pem"
     )]
-    key: PathBuf,
+    signing_key: PathBuf,
     #[arg(skip)]
     loaded: OnceLock<std::sync::Arc<SigningKey>>,
 }
@@ -35,11 +35,11 @@ impl Credentials {
         if let Some(key) = self.loaded.get() {
             return Ok(key.clone());
         }
-        let key = SigningKey::load(&self.key).with_context(|| {
+        let key = SigningKey::load(&self.signing_key).with_context(|| {
             format!(
                 "no token given (--token, WANGGE_TOKEN) and no signing key at {} \
-                 (--key, WANGGE_SIGNING_KEY; `wangge keygen` makes one)",
-                self.key.display()
+                 (--signing-key, WANGGE_SIGNING_KEY; `wangge keygen` makes one)",
+                self.signing_key.display()
             )
         })?;
         Ok(self.loaded.get_or_init(|| std::sync::Arc::new(key)).clone())

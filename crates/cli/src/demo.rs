@@ -31,12 +31,19 @@ pub struct Args {
     grid: String,
     #[command(flatten)]
     credentials: Credentials,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
-async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Channel> {
+async fn connect(
+    tls: &crate::tls::Tls,
+    url: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = tls.endpoint(url)?;
     loop {
-        match Channel::from_shared(url.to_owned())?.connect().await {
+        match endpoint.connect().await {
             Ok(channel) => {
                 let mut health =
                     pb::registry_service_client::RegistryServiceClient::new(channel.clone());
@@ -124,9 +131,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("grid not in the seeds")?;
     let (longitude, latitude) = wangge_seed::interior_point(grid);
     let credentials = &args.credentials;
-    let village = connect(&args.village, credentials).await?;
-    let street = connect(&args.street, credentials).await?;
-    let district = connect(&args.district, credentials).await?;
+    let village = connect(&args.tls, &args.village, credentials).await?;
+    let street = connect(&args.tls, &args.street, credentials).await?;
+    let district = connect(&args.tls, &args.district, credentials).await?;
     let tiers = [
         ("village", village.clone()),
         ("street", street.clone()),

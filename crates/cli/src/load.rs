@@ -36,6 +36,8 @@ pub struct Args {
     no_wait: bool,
     #[command(flatten)]
     credentials: Credentials,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
 pub(crate) async fn status(channel: &Channel, token: &str) -> anyhow::Result<pb::TierStatus> {
@@ -66,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "no seeded grid under {}",
         args.grid_prefix
     );
-    let connect = |url: &str| Channel::from_shared(url.to_owned()).map(|c| c.connect_lazy());
+    let connect = |url: &str| args.tls.endpoint(url).map(|e| e.connect_lazy());
     let (village, street, district) = (
         connect(&args.village)?,
         connect(&args.street)?,

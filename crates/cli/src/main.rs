@@ -8,6 +8,7 @@ mod demo;
 mod keys;
 mod load;
 mod status;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

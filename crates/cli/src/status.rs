@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use wangge_proto as pb;
 
 use crate::credentials::{Credentials, with_token};
@@ -24,15 +23,18 @@ pub struct Args {
     persona: String,
     #[command(flatten)]
     credentials: Credentials,
+    #[command(flatten)]
+    tls: crate::tls::Tls,
 }
 
 /// What one tier said, or why it said nothing.
 type Answer = Result<pb::TierStatus, String>;
 
-async fn ask(url: &str, token: &str, deadline: Duration) -> Answer {
+async fn ask(tls: &crate::tls::Tls, url: &str, token: &str, deadline: Duration) -> Answer {
     let attempt = async {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| format!("bad address: {e}"))?
+        let channel = tls
+            .endpoint(url)
+            .map_err(|e| format!("{e:#}"))?
             .connect_timeout(deadline)
             .connect()
             .await
@@ -192,8 +194,12 @@ pub async fn run(args: Args) -> i32 {
             return 2;
         }
     };
-    let answers =
-        futures::future::join_all(args.tiers.iter().map(|url| ask(url, &token, deadline))).await;
+    let answers = futures::future::join_all(
+        args.tiers
+            .iter()
+            .map(|url| ask(&args.tls, url, &token, deadline)),
+    )
+    .await;
     let mut code = 0;
     for (url, answer) in args.tiers.iter().zip(&answers) {
         for line in describe(url, answer) {

@@ -43,6 +43,8 @@ pub struct Config {
     pub log: LogConfig,
     /// How this instance proves itself to NATS; unset, it connects anonymously.
     pub nats_auth: NatsAuthConfig,
+    /// gRPC over TLS and NATS over TLS; plain text only on loopback unless allowed.
+    pub tls: TlsConfig,
 }
 
 /// The NATS credential of one tier instance: a user and password, an NKey seed file or a `.creds`
@@ -174,6 +176,33 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// Transport security. Files are PEM; only their paths are configured, so no key is ever logged or
+/// dumped. A tier refuses to start when it would serve gRPC in plain text on an address other than
+/// loopback, or reach a NATS server other than on loopback without requiring TLS, unless
+/// `allow_plaintext` says that is meant (see `crate::tls::check`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// The certificate chain the gRPC server presents; with `grpc_key`, gRPC is served over TLS.
+    pub grpc_cert: Option<PathBuf>,
+    /// The private key of `grpc_cert`.
+    pub grpc_key: Option<PathBuf>,
+    /// CA certificates of the gRPC clients: when set, every client must present a certificate one
+    /// of them signed (mutual TLS).
+    pub grpc_client_ca: Option<PathBuf>,
+    /// The CA that signed the NATS servers' certificates; unset, the system's roots are trusted.
+    pub nats_ca: Option<PathBuf>,
+    /// A client certificate for NATS servers that verify their clients (`verify: true`).
+    pub nats_client_cert: Option<PathBuf>,
+    /// The private key of `nats_client_cert`.
+    pub nats_client_key: Option<PathBuf>,
+    /// Talk to NATS only over TLS (a `tls://` URL requires it for that server alone).
+    pub nats_require: bool,
+    /// Serve gRPC or reach NATS in plain text on addresses other than loopback, on purpose (a
+    /// private network, TLS ended by a proxy in front).
+    pub allow_plaintext: bool,
+}
+
 /// Codes are digits, so `WANGGE_SCOPE=350205` reaches us as a number: take it as the string it is.
 fn digits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
@@ -249,6 +278,7 @@ impl Config {
                 filter: "info".into(),
             },
             nats_auth: NatsAuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ mod server;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

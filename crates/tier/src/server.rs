@@ -26,6 +26,7 @@ use wangge_domain::case::tier_name;
 use wangge_proto as pb;
 
 use crate::engine::load_grids;
+use crate::tls::{self, NatsTls as _};
 use crate::{Config, Engine, Shared, admin, query, reconcile, replicate, supervisor};
 
 /// Room for the headers and the subject next to an event in a NATS message.
@@ -50,6 +51,9 @@ where
         .scope
         .parse()
         .map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+    // Transport security first: a tier that would talk in plain text beyond loopback stops here.
+    tls::check(&config.tls, listener.local_addr()?, &config.nats_url)?;
+    let grpc = tls::grpc_server(&config.tls)?;
     let name = format!("{}-{}", tier_name(tier), scope.prefix());
     let options = PgConnectOptions::from_str(config.database_url.expose_secret())
         .context("database_url is not a PostgreSQL URL")?
@@ -213,8 +217,16 @@ where
             .await;
         stopping.cancel();
     };
-    info!(tier = tier_name(tier), %scope, listen = %listener.local_addr()?, max_event_bytes, "serving");
-    tonic::transport::Server::builder()
+    info!(
+        tier = tier_name(tier),
+        %scope,
+        listen = %listener.local_addr()?,
+        grpc_tls = config.tls.grpc_cert.is_some(),
+        client_certificates = config.tls.grpc_client_ca.is_some(),
+        max_event_bytes,
+        "serving"
+    );
+    grpc
         // One span per call, named by its method, so every log line of a call says which call it was.
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .accept_http1(true)
@@ -432,6 +444,7 @@ async fn connect_nats(
         .await?
         .name(name)
         .retry_on_initial_connect()
+        .tls(&config.tls)
         // Back on the bus within a second of the link returning (the default waits up to 4 s).
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis(1 << attempts.clamp(1, 11).saturating_sub(1))
