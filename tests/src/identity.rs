@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use wangge_auth::{AUDIENCE, Claims, SigningKey};
+use wangge_auth::{Claims, SigningKey};
+
+pub use wangge_auth::dev::now;
 
 /// A channel to a tier whose calls carry [`OBSERVER`]'s token unless they carry their own.
 pub type Channel = InterceptedService<tonic::transport::Channel, Observer>;
@@ -48,29 +49,6 @@ pub fn public_key() -> &'static Path {
 /// Signs `claims` with the tests' key.
 pub fn sign(claims: &Claims) -> String {
     keys().signing.issue(claims).unwrap()
-}
-
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Claims valid for an hour.
-pub fn claims(subject: &str, roles: &[&str], orgs: &[&str], departments: &[&str]) -> Claims {
-    let now = now();
-    Claims {
-        sub: subject.to_owned(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        orgs: orgs.iter().map(|o| o.to_string()).collect(),
-        departments: departments.iter().map(|d| d.to_string()).collect(),
-        exp: now + 3600,
-        nbf: None,
-        iat: now,
-        aud: Some(AUDIENCE.to_owned()),
-        iss: None,
-    }
 }
 
 /// The claims of a fixture person, by the naming convention of [`wangge_auth::dev::persona`].

@@ -6,7 +6,7 @@
 //! `wangge status` and the demo's read-backs use). Never for production: a real deployment's
 //! identity provider says who is who.
 
-use crate::{AUDIENCE, Claims};
+use crate::Claims;
 
 /// The demo district, 海沧区.
 const HAICANG: &str = "350205";
@@ -59,17 +59,7 @@ pub fn persona(name: &str, now: i64, ttl_secs: i64) -> Result<Claims, String> {
                  dh-<department>, admin, observer)"
         ));
     };
-    Ok(Claims {
-        sub: name.to_owned(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        orgs: orgs.into_iter().map(str::to_owned).collect(),
-        departments: departments.into_iter().map(str::to_owned).collect(),
-        exp: now + ttl_secs,
-        nbf: None,
-        iat: now,
-        aud: Some(AUDIENCE.to_owned()),
-        iss: None,
-    })
+    Ok(Claims::new(name, roles, &orgs, &departments, now, ttl_secs))
 }
 
 /// Seconds since the epoch.

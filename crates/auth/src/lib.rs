@@ -49,6 +49,31 @@ pub struct Claims {
     pub iss: Option<String>,
 }
 
+impl Claims {
+    /// Claims for `sub` in `roles`, `orgs` and `departments`, valid from `now` for `ttl_secs`.
+    pub fn new(
+        sub: &str,
+        roles: &[&str],
+        orgs: &[&str],
+        departments: &[&str],
+        now: i64,
+        ttl_secs: i64,
+    ) -> Claims {
+        let owned = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        Claims {
+            sub: sub.to_owned(),
+            roles: owned(roles),
+            orgs: owned(orgs),
+            departments: owned(departments),
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: now,
+            aud: Some(AUDIENCE.to_owned()),
+            iss: None,
+        }
+    }
+}
+
 /// The level of an org a caller's scope names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -244,9 +269,10 @@ pub enum TokenError {
 
 /// Checks tokens against the public keys a tier trusts.
 pub struct Verifier {
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// By key id: the key, and the checks a token signed with it must pass (made once, not per
+    /// call).
+    keys: HashMap<String, (DecodingKey, Validation)>,
     issuer: Option<String>,
-    leeway_secs: u64,
 }
 
 impl fmt::Debug for Verifier {
@@ -264,13 +290,23 @@ impl Verifier {
     /// A verifier trusting `keys` (by key id); tokens must name `issuer` when one is given, and
     /// clocks may differ by `leeway_secs`.
     pub fn new(keys: Vec<PublicKey>, issuer: Option<String>, leeway_secs: u64) -> Verifier {
+        let validation = |algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = leeway_secs;
+            validation.validate_nbf = true;
+            validation.set_audience(&[AUDIENCE]);
+            validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+            if let Some(issuer) = &issuer {
+                validation.set_issuer(&[issuer]);
+            }
+            validation
+        };
         Verifier {
             keys: keys
                 .into_iter()
-                .map(|k| (k.kid, (k.key, k.algorithm)))
+                .map(|k| (k.kid, (k.key, validation(k.algorithm))))
                 .collect(),
             issuer,
-            leeway_secs,
         }
     }
 
@@ -297,39 +333,31 @@ impl Verifier {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let kid = header.kid.ok_or(TokenError::NoKeyId)?;
-        let (key, algorithm) = self
+        let (key, validation) = self
             .keys
             .get(&kid)
             .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
-        if header.alg != *algorithm {
+        let expected = validation.algorithms[0];
+        if header.alg != expected {
             return Err(TokenError::WrongAlgorithm {
                 kid,
                 found: header.alg,
-                expected: *algorithm,
+                expected,
             });
         }
-        let mut validation = Validation::new(*algorithm);
-        validation.leeway = self.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience,
-            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-            ErrorKind::MissingRequiredClaim(claim) => {
-                TokenError::Claims(format!("{claim} is missing"))
-            }
-            ErrorKind::Json(e) => TokenError::Claims(e.to_string()),
-            _ => TokenError::Malformed(e.to_string()),
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    TokenError::Claims(format!("{claim} is missing"))
+                }
+                ErrorKind::Json(e) => TokenError::Claims(e.to_string()),
+                _ => TokenError::Malformed(e.to_string()),
+            })?;
         Caller::try_from(data.claims)
     }
 }
@@ -338,25 +366,10 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    fn claims(roles: &[&str], orgs: &[&str], exp: i64) -> Claims {
-        Claims {
-            sub: "gw-350205002006001".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            orgs: orgs.iter().map(|o| o.to_string()).collect(),
-            departments: vec![],
-            exp,
-            nbf: None,
-            iat: 0,
-            aud: Some(AUDIENCE.into()),
-            iss: None,
-        }
-    }
+    use crate::dev::now;
 
-    fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default()
+    fn claims(roles: &[&str], orgs: &[&str], exp: i64) -> Claims {
+        Claims::new("gw-350205002006001", roles, orgs, &[], exp, 0)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use wangge_auth::{AUDIENCE, Claims, SigningKey, dev};
+use wangge_auth::{Claims, SigningKey, dev};
 
 #[derive(Debug, clap::Args)]
 pub struct KeygenArgs {
@@ -66,15 +66,10 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
             dev::persona(persona, now, args.ttl_secs).map_err(anyhow::Error::msg)?
         }
         (None, Some(subject)) => Claims {
-            sub: subject.clone(),
             roles: args.role.clone(),
             orgs: args.org.clone(),
             departments: args.department.clone(),
-            exp: now + args.ttl_secs,
-            nbf: None,
-            iat: now,
-            aud: Some(AUDIENCE.to_owned()),
-            iss: None,
+            ..Claims::new(subject, &[], &[], &[], now, args.ttl_secs)
         },
         (None, None) => anyhow::bail!("name a persona, or give --subject with --role and --org"),
     };

@@ -100,18 +100,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let total = args.reports;
         // Each field app is its own grid worker (each has its own rate limit), covering the grids
         // of the burst.
-        let now = wangge_auth::dev::now();
-        let token = args.credentials.sign(&wangge_auth::Claims {
-            sub: format!("gw-load-{app}"),
-            roles: vec!["grid_worker".into()],
-            orgs: vec![args.grid_prefix.clone()],
-            departments: Vec::new(),
-            exp: now + 3600,
-            nbf: None,
-            iat: now,
-            aud: Some(wangge_auth::AUDIENCE.into()),
-            iss: None,
-        })?;
+        let token = args.credentials.sign(&wangge_auth::Claims::new(
+            &format!("gw-load-{app}"),
+            &["grid_worker"],
+            &[args.grid_prefix.as_str()],
+            &[],
+            wangge_auth::dev::now(),
+            3600,
+        ))?;
         tasks.push(tokio::spawn(async move {
             let mut field = pb::field_app_service_client::FieldAppServiceClient::new(channel);
             let mut latencies = Vec::new();

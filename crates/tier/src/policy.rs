@@ -67,17 +67,8 @@ pub fn roles_for(right: Right) -> &'static [pb::Role] {
             Supervisor,
             Auditor,
         ],
-        Right::Reference => &[
-            GridWorker,
-            CommunityStaff,
-            StreetOperator,
-            DutyChief,
-            DistrictOperator,
-            DepartmentHandler,
-            Supervisor,
-            Auditor,
-            Admin,
-        ],
+        // Every role a token may carry.
+        Right::Reference => &wangge_auth::ROLES,
         Right::Admin => &[Admin],
     }
 }
