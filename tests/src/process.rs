@@ -109,6 +109,10 @@ impl TierProcess {
                     crate::identity::public_key().display().to_string()
                 ),
             )
+            // Three systems of three tiers run at once in the fault suite: 8 connections a tier
+            // keeps them under PostgreSQL's default max_connections (100) even while every pool
+            // refills after its connections were terminated.
+            .env("WANGGE_DATABASE_MAX_CONNECTIONS", "8")
             .env("RUST_LOG", "warn")
             .stdout(stdout)
             .stderr(stderr)
