@@ -10,6 +10,8 @@ mod chaos;
 mod client_errors;
 mod delivery;
 mod edges;
+mod limits;
 mod nats_accounts;
+mod secrets;
 mod tls;
 mod topology;

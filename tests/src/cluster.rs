@@ -31,7 +31,7 @@ pub struct TierHandle {
     pub tier: Tier,
     pub addr: SocketAddr,
     pub db: TestDb,
-    config: Config,
+    pub config: Config,
     /// How the test's clients reach the tier: plain text unless set.
     client_tls: Option<ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
@@ -93,6 +93,10 @@ impl TierHandle {
         config.database_max_connections = 8;
         config.nats_url = nats_url.to_owned();
         config.auth.public_keys = vec![crate::identity::public_key().to_owned()];
+        // One test subject drives what many people would: only the limits test keeps the
+        // per-caller defaults.
+        config.auth.calls_per_second = 10_000;
+        config.auth.burst = 10_000;
         quick_delivery(&mut config);
         tweak(&mut config);
         TierHandle::launch(tier, listener, config, client_tls, db).await
@@ -239,6 +243,15 @@ impl Cluster {
     }
 
     pub async fn start_on(on: Topology, scopes: [&str; 3]) -> Cluster {
+        Cluster::start_configured(on, scopes, |_| {}).await
+    }
+
+    /// Like [`Self::start_on`], with every tier's configuration adjusted by `tweak`.
+    pub async fn start_configured(
+        on: Topology,
+        scopes: [&str; 3],
+        tweak: impl Fn(&mut Config),
+    ) -> Cluster {
         crate::init_logs();
         let (nats, leaves) = match on {
             Topology::SingleServer => (NatsServer::start().await, None),
@@ -260,7 +273,10 @@ impl Cluster {
         let urls = [url(Tier::Village), url(Tier::Street), url(Tier::District)];
         // On leaf nodes every tier names the hub's domain, the district too: one setting for all.
         let domain = leaves.as_ref().map(|_| topology::DOMAIN.to_owned());
-        let configure = |config: &mut Config| config.jetstream_domain = domain.clone();
+        let configure = |config: &mut Config| {
+            config.jetstream_domain = domain.clone();
+            tweak(config);
+        };
         let (village, street, district) = tokio::join!(
             TierHandle::start_with(Tier::Village, scopes[0], &urls[0], vdb, configure),
             TierHandle::start_with(Tier::Street, scopes[1], &urls[1], sdb, configure),

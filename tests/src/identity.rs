@@ -24,6 +24,7 @@ pub const KEY_ID: &str = "wangge-tests";
 struct Keys {
     _dir: tempfile::TempDir,
     public: PathBuf,
+    private: PathBuf,
     signing: SigningKey,
 }
 
@@ -36,6 +37,7 @@ fn keys() -> &'static Keys {
         Keys {
             _dir: dir,
             public,
+            private,
             signing,
         }
     })
@@ -44,6 +46,11 @@ fn keys() -> &'static Keys {
 /// The public key file the tiers under test trust.
 pub fn public_key() -> &'static Path {
     &keys().public
+}
+
+/// The private key file of the tests' key pair, for the command line (`wangge demo --signing-key`).
+pub fn private_key() -> &'static Path {
+    &keys().private
 }
 
 /// Signs `claims` with the tests' key.

@@ -55,6 +55,8 @@ pub struct TierProcess {
     /// Where the tier's output goes (appended across restarts); nowhere (logs) and the test's stderr
     /// (panics) when unset.
     log: Option<PathBuf>,
+    /// More environment, over the defaults (`RUST_LOG` too).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -71,6 +73,18 @@ impl TierProcess {
         nats_url: &str,
         log: Option<PathBuf>,
     ) -> TierProcess {
+        TierProcess::start_with_env(tier, scope, database_url, nats_url, log, Vec::new()).await
+    }
+
+    /// Like [`Self::start_logging`], with `env` set over the defaults.
+    pub async fn start_with_env(
+        tier: Tier,
+        scope: &str,
+        database_url: &str,
+        nats_url: &str,
+        log: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> TierProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut process = TierProcess {
             tier,
@@ -79,6 +93,7 @@ impl TierProcess {
             database_url: database_url.to_owned(),
             nats_url: nats_url.to_owned(),
             log,
+            env,
             child: None,
         };
         process.spawn().await;
@@ -114,6 +129,7 @@ impl TierProcess {
             // refills after its connections were terminated.
             .env("WANGGE_DATABASE_MAX_CONNECTIONS", "8")
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)

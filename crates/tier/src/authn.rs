@@ -25,6 +25,8 @@ pub struct Authenticate {
     verifier: Arc<Verifier>,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
     calls: Arc<AtomicU64>,
+    /// Calls refused for their rate since the start.
+    refused: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Authenticate {
@@ -45,6 +47,7 @@ impl Authenticate {
                 Quota::per_second(per_second).allow_burst(burst),
             )),
             calls: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
@@ -71,7 +74,12 @@ impl Authenticate {
             self.limiter.retain_recent();
         }
         if self.limiter.check_key(&caller.subject).is_err() {
-            warn!(subject = %caller.subject, "call refused: rate limit");
+            // A flood must not become a flood of log lines: the first refusals, then every
+            // thousandth, with the running count.
+            let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused <= 10 || refused.is_multiple_of(1000) {
+                warn!(subject = %caller.subject, refused, "call refused: rate limit");
+            }
             return Err(Status::resource_exhausted(format!(
                 "{} is calling faster than allowed; slow down and retry",
                 caller.subject

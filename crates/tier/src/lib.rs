@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
+pub mod limits;
 pub mod policy;
 #[cfg(test)]
 mod proptests;

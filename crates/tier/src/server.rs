@@ -231,6 +231,10 @@ where
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .accept_http1(true)
         .layer(tonic_web::GrpcWebLayer::new())
+        // Inside grpc-web, so browser callers get the same RESOURCE_EXHAUSTED.
+        .layer(tower::util::MapResponseLayer::new(
+            crate::limits::oversized_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await?;
