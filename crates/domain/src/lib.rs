@@ -1,8 +1,9 @@
-//! The wangge domain, free of I/O: org and grid codes, the case state machine, grid lookup and the
-//! work calendar.
+//! The wangge domain, free of I/O: org and grid codes, the case state machine, grid lookup, the
+//! work calendar and the command clock (time limits and their lights).
 
 pub mod calendar;
 pub mod case;
+pub mod clock;
 pub mod codes;
 pub mod grids;
 
