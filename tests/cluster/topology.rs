@@ -1,19 +1,22 @@
 //! The production NATS topology (`deploy/nats/`): the district hub holds JetStream, the village and
-//! the street run on leaf nodes of it. The case loop runs across the leaf links, and a cut link
-//! loses and doubles nothing: the village's outbox holds what it took, the hub's stream holds
-//! what a cut-off street has not read yet.
+//! the street run on leaf nodes of it. Every server has its users and the hub's ports speak TLS.
+//! The case loop runs across the leaf links with every tier on its own user; a leaf without its
+//! link user's password never links; a link carries only its site's scope; and a cut link loses
+//! and doubles nothing: the village's outbox holds what it took, the hub's stream holds what a
+//! cut-off street has not read yet.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use wangge_proto as pb;
 use wangge_proto::{CaseState, Tier};
 use wangge_tests::Channel;
 use wangge_tests::cluster::{TierClients, as_actor};
 use wangge_tests::fixtures::*;
-use wangge_tests::topology::{DOMAIN, NatsTopology};
+use wangge_tests::nats::{NatsServer, password_of};
+use wangge_tests::topology::{DOMAIN, NatsTopology, link_user};
 use wangge_tests::{Cluster, eventually};
 
 use crate::case_loop::{action, same_everywhere, sign_and_handle, street_department};
@@ -56,40 +59,68 @@ async fn each_case_once_everywhere(clients: &TierClients, expected: &[pb::Case])
     }
 }
 
+/// What a server refused its clients or leaves, but the stream's creation, which a village or a
+/// street asks for when it finds the stream missing before the district made it.
+fn refusals(server: &NatsServer) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|line| line.contains("Violation") && !line.contains("STREAM.CREATE"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the hub's interest in the case stream's subjects reached the leaf of `js`, which
+/// takes a moment after the stream was made: one event, `wg.case.350205.002.001.999`, is stored.
+async fn stream_reached_from(js: &jetstream::Context) {
+    eventually(
+        "an event from the leaf in the hub's stream",
+        Duration::from_secs(10),
+        || async {
+            let ack = js
+                .publish("wg.case.350205.002.001.999", "first".into())
+                .await
+                .ok()?;
+            ack.await.ok().map(|_| ())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
-async fn a_client_on_a_leaf_node_creates_publishes_to_and_pulls_from_the_hubs_jetstream() {
+async fn a_tier_user_on_a_leaf_node_publishes_to_and_pulls_from_the_hubs_jetstream() {
     let topology = NatsTopology::start().await;
+    // The district (or an operator) makes the stream; no leaf's user may.
+    let hub = jetstream::new(topology.hub.client().await);
+    wangge_bus::ensure_stream(&hub).await.unwrap();
+
+    // The village, as its own user, publishes its events to the hub's stream.
     let village = topology.leaves.village.jetstream().await;
-    village
-        .create_stream(stream::Config {
-            name: "PROBE".into(),
-            subjects: vec!["probe.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    stream_reached_from(&village).await;
     for i in 0..3 {
         village
-            .publish(format!("probe.{i}"), "from the village".into())
+            .publish(
+                format!("wg.case.350205.002.001.00{i}"),
+                "from the village".into(),
+            )
             .await
             .unwrap()
             .await
             .unwrap();
     }
-    // The stream lives at the hub.
-    let hub = jetstream::new(topology.hub.client().await);
-    let mut probe = hub.get_stream("PROBE").await.unwrap();
-    assert_eq!(probe.info().await.unwrap().state.messages, 3);
+    let mut cases = hub.get_stream(wangge_bus::CASE_STREAM).await.unwrap();
+    assert_eq!(cases.info().await.unwrap().state.messages, 4);
 
-    // A durable pull consumer, made and read from the other leaf; the acks reach the hub.
+    // The street, as its own user on the other leaf, makes its durable consumer and reads; the
+    // acks reach the hub.
     let street = topology.leaves.street.jetstream().await;
     let consumer = street
-        .get_stream("PROBE")
+        .get_stream(wangge_bus::CASE_STREAM)
         .await
         .unwrap()
         .create_consumer(pull::Config {
-            durable_name: Some("street-probe".into()),
+            durable_name: Some("street-350205002".into()),
+            filter_subject: "wg.case.350205.002.>".into(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
@@ -97,7 +128,7 @@ async fn a_client_on_a_leaf_node_creates_publishes_to_and_pulls_from_the_hubs_je
         .unwrap();
     let mut batch = consumer
         .batch()
-        .max_messages(3)
+        .max_messages(4)
         .expires(Duration::from_secs(5))
         .messages()
         .await
@@ -108,9 +139,17 @@ async fn a_client_on_a_leaf_node_creates_publishes_to_and_pulls_from_the_hubs_je
         subjects.push(message.subject.to_string());
         message.double_ack().await.unwrap();
     }
-    assert_eq!(subjects, ["probe.0", "probe.1", "probe.2"]);
-    let info = probe
-        .get_consumer::<pull::Config>("street-probe")
+    assert_eq!(
+        subjects,
+        [
+            "wg.case.350205.002.001.999",
+            "wg.case.350205.002.001.000",
+            "wg.case.350205.002.001.001",
+            "wg.case.350205.002.001.002"
+        ]
+    );
+    let info = cases
+        .get_consumer::<pull::Config>("street-350205002")
         .await
         .unwrap()
         .info()
@@ -119,13 +158,17 @@ async fn a_client_on_a_leaf_node_creates_publishes_to_and_pulls_from_the_hubs_je
         .clone();
     assert_eq!(
         (info.num_ack_pending, info.ack_floor.stream_sequence),
-        (0, 3)
+        (0, 4)
     );
 
     // Without the domain a leaf does not forward JetStream requests to the hub: that is why a
     // tier on a leaf is configured with `jetstream_domain`.
     let plain = jetstream::new(topology.leaves.village.server.client().await);
-    let answer = tokio::time::timeout(Duration::from_secs(2), plain.get_stream("PROBE")).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        plain.get_stream(wangge_bus::CASE_STREAM),
+    )
+    .await;
     assert!(
         !matches!(answer, Ok(Ok(_))),
         "the stream was found through $JS.API on a leaf"
@@ -133,11 +176,159 @@ async fn a_client_on_a_leaf_node_creates_publishes_to_and_pulls_from_the_hubs_je
 
     // The district, on the hub itself, addresses it by the same domain, leaves linked or not.
     let district = jetstream::with_domain(topology.hub.client().await, DOMAIN);
-    district.get_stream("PROBE").await.unwrap();
+    district.get_stream(wangge_bus::CASE_STREAM).await.unwrap();
     topology.leaves.village.cut();
     topology.leaves.street.cut();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    district.get_stream("PROBE").await.unwrap();
+    district.get_stream(wangge_bus::CASE_STREAM).await.unwrap();
+}
+
+/// How many leaf connections the server refused to log in.
+fn leaf_logins_refused(server: &NatsServer) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|line| line.contains(" - lid:") && line.contains("authentication error"))
+        .count()
+}
+
+#[tokio::test]
+async fn the_hub_speaks_only_tls_and_refuses_a_leaf_without_its_link_users_password() {
+    let topology = NatsTopology::start().await;
+    let village_link = link_user(Tier::Village, wangge_tests::cluster::VILLAGE_SCOPE);
+
+    // A client without TLS is not served by the hub's client port.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        async_nats::ConnectOptions::new()
+            .user_and_password("wangge-admin".into(), password_of("wangge-admin"))
+            .connect(topology.hub.url()),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Ok(Ok(_))),
+        "a plain text client got into the hub"
+    );
+
+    // A wrong password, no credential at all, and a tier's client credential used as a link.
+    let tier_password = password_of("village-350205002");
+    for link in [
+        Some((village_link.as_str(), "not-the-password")),
+        None,
+        Some(("village-350205002", tier_password.as_str())),
+    ] {
+        let refused_before = leaf_logins_refused(&topology.hub);
+        let intruder = topology.another_village_leaf(link).await;
+        assert!(
+            !intruder.reaches_hub_within(Duration::from_secs(3)).await,
+            "a leaf linked as {link:?}"
+        );
+        // A leaf without credentials is let in, into the global account, which holds nothing.
+        if link.is_some() {
+            assert!(
+                leaf_logins_refused(&topology.hub) > refused_before,
+                "{}",
+                topology.hub.log()
+            );
+        }
+    }
+    // The right one links.
+    let password = password_of(&village_link);
+    let rightful = topology
+        .another_village_leaf(Some((&village_link, &password)))
+        .await;
+    rightful.linked().await;
+}
+
+#[tokio::test]
+async fn a_village_leafs_link_carries_only_its_own_scope() {
+    let topology = NatsTopology::start().await;
+    let hub_client = topology.hub.client().await;
+    let hub = jetstream::new(hub_client.clone());
+    wangge_bus::ensure_stream(&hub).await.unwrap();
+    let village_leaf = &topology.leaves.village;
+
+    // The village's tier user is refused another street's subject by its own leaf.
+    let (client, mut errors) = village_leaf.tier_client().await;
+    let js = jetstream::with_domain(client.clone(), DOMAIN);
+    stream_reached_from(&js).await;
+    let foreign = "wg.case.350205.003.001.001";
+    let ack = tokio::time::timeout(Duration::from_secs(3), async {
+        js.publish(foreign, "forged".into()).await.unwrap().await
+    })
+    .await;
+    assert!(!matches!(ack, Ok(Ok(_))), "{foreign} acknowledged: {ack:?}");
+    let error = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        error.contains("Permissions Violation") && error.contains(foreign),
+        "{error}"
+    );
+
+    // The leaf's wangge-admin may publish anything on the leaf; its link still carries only the
+    // village's scope into the hub, and nothing of other scopes out of it.
+    let admin = village_leaf.server.client().await;
+    let mut own_receipts = admin
+        .subscribe("wg.receipt.village.350205.002.>")
+        .await
+        .unwrap();
+    let mut foreign_receipts = admin
+        .subscribe("wg.receipt.street.350205.003.>")
+        .await
+        .unwrap();
+    admin.flush().await.unwrap();
+    // The leaf tells the hub of its subscriptions asynchronously.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other scope's first: the event of its own scope behind it shows the link was up.
+    for subject in [foreign, "wg.case.350205.002.001.001"] {
+        admin.publish(subject, "via the link".into()).await.unwrap();
+    }
+    admin.flush().await.unwrap();
+    for subject in [
+        "wg.receipt.street.350205.003.001.village",
+        "wg.receipt.village.350205.002.001.street",
+    ] {
+        hub_client.publish(subject, "receipt".into()).await.unwrap();
+    }
+    hub_client.flush().await.unwrap();
+
+    let mut cases = hub.get_stream(wangge_bus::CASE_STREAM).await.unwrap();
+    eventually(
+        "the village's own event at the hub",
+        Duration::from_secs(5),
+        || {
+            let hub = hub.clone();
+            async move {
+                let mut cases = hub.get_stream(wangge_bus::CASE_STREAM).await.ok()?;
+                (cases.info().await.ok()?.state.messages >= 2).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cases.info().await.unwrap().state.messages, 2);
+    assert!(
+        cases
+            .get_last_raw_message_by_subject(foreign)
+            .await
+            .is_err(),
+        "{foreign} crossed the village's link"
+    );
+    let received = tokio::time::timeout(Duration::from_secs(5), own_receipts.next())
+        .await
+        .expect("the village's receipt crosses its link")
+        .unwrap();
+    assert_eq!(
+        received.subject.as_str(),
+        "wg.receipt.village.350205.002.001.street"
+    );
+    let foreign = tokio::time::timeout(Duration::from_millis(500), foreign_receipts.next()).await;
+    assert!(
+        foreign.is_err(),
+        "another scope's receipt crossed the link: {foreign:?}"
+    );
 }
 
 #[tokio::test]
@@ -205,6 +396,34 @@ async fn the_case_loop_runs_with_the_village_and_the_street_on_leaf_nodes_of_the
     assert_eq!(case.state(), CaseState::Closed);
     let history = same_everywhere(&clients, &case).await;
     assert_eq!(history.len(), 8);
+
+    // Every tier on its own user, the district over TLS to the hub.
+    for (tier, user) in [
+        (&cluster.village, "village-350205002"),
+        (&cluster.street, "street-350205002"),
+        (&cluster.district, "district-350205"),
+    ] {
+        assert_eq!(tier.config.nats_auth.user.as_deref(), Some(user));
+    }
+    assert!(cluster.district.config.tls.nats_require);
+    // Receipts and reconciliation crossed the links (every outbox empty, no problem), and no
+    // server refused a tier or a link anything but the stream's creation.
+    for channel in [&clients.village, &clients.street, &clients.district] {
+        eventually(
+            "an empty outbox and no problem",
+            Duration::from_secs(20),
+            || async {
+                let status = status(channel).await;
+                (status.outbox_depth == 0 && status.problems.is_empty()).then_some(())
+            },
+        )
+        .await;
+    }
+    let leaves = cluster.leaves();
+    for server in [&cluster.nats, &leaves.village.server, &leaves.street.server] {
+        let refused = refusals(server);
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
     cluster.stop().await;
 }
 

@@ -17,7 +17,7 @@ use wangge_tier::Config;
 
 use crate::db::TestDb;
 use crate::eventually;
-use crate::nats::NatsServer;
+use crate::nats::{NatsServer, credential_of};
 use crate::tls::TestPki;
 use crate::topology::{self, LeafNodes, NatsTopology};
 
@@ -256,7 +256,7 @@ impl Cluster {
         let (nats, leaves) = match on {
             Topology::SingleServer => (NatsServer::start().await, None),
             Topology::LeafNodes => {
-                let NatsTopology { hub, leaves } = NatsTopology::start().await;
+                let NatsTopology { hub, leaves } = NatsTopology::start_for(scopes).await;
                 (hub, Some(leaves))
             }
         };
@@ -273,14 +273,46 @@ impl Cluster {
         let urls = [url(Tier::Village), url(Tier::Street), url(Tier::District)];
         // On leaf nodes every tier names the hub's domain, the district too: one setting for all.
         let domain = leaves.as_ref().map(|_| topology::DOMAIN.to_owned());
-        let configure = |config: &mut Config| {
-            config.jetstream_domain = domain.clone();
-            tweak(config);
+        // There every tier also connects as its own user, and the district reaches the hub over
+        // TLS: the servers run the production files.
+        let on_leaves = leaves.is_some();
+        let hub_tls = nats.client_tls().cloned();
+        let configure = |tier: Tier, scope: &str| {
+            let (domain, hub_tls, tweak) = (domain.clone(), hub_tls.clone(), &tweak);
+            let scope = scope.to_owned();
+            move |config: &mut Config| {
+                config.jetstream_domain = domain;
+                if on_leaves {
+                    config.nats_auth = credential_of(tier, &scope);
+                }
+                if let (Tier::District, Some(tls)) = (tier, hub_tls) {
+                    config.tls = tls;
+                }
+                tweak(config);
+            }
         };
         let (village, street, district) = tokio::join!(
-            TierHandle::start_with(Tier::Village, scopes[0], &urls[0], vdb, configure),
-            TierHandle::start_with(Tier::Street, scopes[1], &urls[1], sdb, configure),
-            TierHandle::start_with(Tier::District, scopes[2], &urls[2], ddb, configure),
+            TierHandle::start_with(
+                Tier::Village,
+                scopes[0],
+                &urls[0],
+                vdb,
+                configure(Tier::Village, scopes[0])
+            ),
+            TierHandle::start_with(
+                Tier::Street,
+                scopes[1],
+                &urls[1],
+                sdb,
+                configure(Tier::Street, scopes[1])
+            ),
+            TierHandle::start_with(
+                Tier::District,
+                scopes[2],
+                &urls[2],
+                ddb,
+                configure(Tier::District, scopes[2])
+            ),
         );
         // Tests start acting at once: let the tiers' consumers be in place first.
         nats.case_stream_with_consumers(3).await;

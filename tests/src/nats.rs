@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -21,12 +21,15 @@ use crate::{eventually, free_port};
 pub struct NatsServer {
     child: Option<Child>,
     launch: Launch,
-    /// Started with users (`single.conf`): the test clients connect as `wangge-admin`.
+    /// Started with users (`single.conf`, the topology's files): the test clients connect as
+    /// `wangge-admin`.
     users: bool,
     /// Holds the JetStream store (`store/`) and the server's log (`nats-server.log`).
     home: tempfile::TempDir,
     /// How the test's own clients reach a server that requires TLS.
     client_tls: Option<TlsConfig>,
+    /// The certificates of a server that speaks TLS, whose files it reads on every connection.
+    pki: Option<Arc<TestPki>>,
 }
 
 /// How a server is started: its client port, arguments and environment.
@@ -42,6 +45,50 @@ pub const ADMIN_USER: &str = "wangge-admin";
 /// The password of `user` on a server started [`NatsServer::with_users`].
 pub fn password_of(user: &str) -> String {
     format!("pw-{user}")
+}
+
+/// The environment variable the files of `deploy/nats/gen-users` read the password of `user`
+/// from: `WANGGE_NATS_PASSWORD_<USER>`, in capitals with `-` as `_`; `wangge-admin`'s is `…_ADMIN`.
+pub fn password_variable(user: &str) -> String {
+    if user == ADMIN_USER {
+        return "WANGGE_NATS_PASSWORD_ADMIN".to_owned();
+    }
+    format!(
+        "WANGGE_NATS_PASSWORD_{}",
+        user.to_uppercase().replace('-', "_")
+    )
+}
+
+/// What `deploy/nats/gen-users` writes for `args`.
+pub fn gen_users(args: &[String]) -> String {
+    let output = std::process::Command::new(deploy_dir().join("gen-users"))
+        .args(args)
+        .output()
+        .expect("run deploy/nats/gen-users");
+    assert!(
+        output.status.success(),
+        "gen-users {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The `gen-users` arguments of tier instances: `<tier>:<scope>`.
+pub fn instance_args(instances: &[(Tier, &str)]) -> Vec<String> {
+    instances
+        .iter()
+        .map(|(tier, scope)| format!("{}:{scope}", tier_name(*tier)))
+        .collect()
+}
+
+/// The password variables of the users in a file `gen-users` wrote, each set to [`password_of`].
+fn passwords_for(users_file: &str) -> Vec<(String, String)> {
+    users_file
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("user: \""))
+        .map(|rest| rest.trim_end_matches('"'))
+        .map(|user| (password_variable(user), password_of(user)))
+        .collect()
 }
 
 /// The credential of a tier instance on a server started [`NatsServer::with_users`].
@@ -122,62 +169,56 @@ impl NatsServer {
     }
 
     /// A server run from `file` in `deploy/nats/`, configured through the environment variables
-    /// the file names (`WANGGE_NATS_*`). `choose`, given the server's home directory, returns the
-    /// client port and the environment setting it; it is asked again when a port was taken before
-    /// the server could bind it.
+    /// the file names (`WANGGE_NATS_*`). The configuration files are copied into the server's
+    /// home, where `users` (a file name and the `gen-users` arguments) replace the shipped users
+    /// files, their passwords set as [`password_of`] gives. `choose`, given the home directory,
+    /// returns the client port and the environment setting it; it is asked again when a port was
+    /// taken before the server could bind it. With users, the harness's clients are `wangge-admin`.
     pub async fn from_config(
         file: &str,
+        users: &[(&str, Vec<String>)],
         mut choose: impl FnMut(&Path) -> (u16, Vec<(String, String)>),
     ) -> NatsServer {
-        let path = deploy_dir().join(file);
-        assert!(path.exists(), "{} is missing", path.display());
-        NatsServer::launch(|home| {
-            let (port, env) = choose(home);
+        let generated: Vec<(&str, String)> = users
+            .iter()
+            .map(|(name, args)| (*name, gen_users(args)))
+            .collect();
+        let passwords: Vec<(String, String)> = generated
+            .iter()
+            .flat_map(|(_, text)| passwords_for(text))
+            .collect();
+        let mut server = NatsServer::launch(|home| {
+            // Includes resolve relative to the including file: every file goes beside `file`.
+            for entry in std::fs::read_dir(deploy_dir()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|ext| ext == "conf") {
+                    std::fs::copy(&path, home.join(path.file_name().unwrap())).unwrap();
+                }
+            }
+            for (name, text) in &generated {
+                std::fs::write(home.join(name), text).unwrap();
+            }
+            let (port, mut env) = choose(home);
+            env.extend(passwords.iter().cloned());
             Launch {
                 port,
-                args: vec![OsString::from("-c"), path.clone().into()],
+                args: vec![OsString::from("-c"), home.join(file).into()],
                 env,
             }
         })
-        .await
+        .await;
+        server.users = !users.is_empty();
+        server
     }
 
     /// One server with JetStream and a NATS user per tier instance: `deploy/nats/single.conf`
     /// with the users `deploy/nats/gen-users` writes for `instances` (tier and scope), each with
     /// the password [`password_of`] gives. The clients of the harness connect as `wangge-admin`.
     pub async fn with_users(instances: &[(Tier, &str)]) -> NatsServer {
-        let args: Vec<String> = instances
-            .iter()
-            .map(|(tier, scope)| format!("{}:{scope}", tier_name(*tier)))
-            .collect();
-        let output = std::process::Command::new(deploy_dir().join("gen-users"))
-            .args(&args)
-            .output()
-            .expect("run deploy/nats/gen-users");
-        assert!(
-            output.status.success(),
-            "gen-users {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut env: Vec<(String, String)> = instances
-            .iter()
-            .map(|(tier, scope)| {
-                let user = format!("{}-{scope}", tier_name(*tier));
-                let variable = format!(
-                    "WANGGE_NATS_PASSWORD_{}_{scope}",
-                    tier_name(*tier).to_uppercase()
-                );
-                (variable, password_of(&user))
-            })
-            .collect();
-        env.push(("WANGGE_NATS_PASSWORD_ADMIN".into(), password_of(ADMIN_USER)));
-        let mut server = NatsServer::launch(|home| {
-            // The server reads users.conf from the directory of single.conf.
-            std::fs::write(home.join("users.conf"), &output.stdout).unwrap();
-            std::fs::copy(deploy_dir().join("single.conf"), home.join("single.conf")).unwrap();
+        let users = [("users.conf", instance_args(instances))];
+        NatsServer::from_config("single.conf", &users, |home| {
             let port = free_port();
-            let mut env = env.clone();
-            env.extend([
+            let env = vec![
                 ("WANGGE_NATS_NAME".to_owned(), format!("test-{port}")),
                 ("WANGGE_NATS_HOST".to_owned(), "127.0.0.1".to_owned()),
                 ("WANGGE_NATS_PORT".to_owned(), port.to_string()),
@@ -185,16 +226,22 @@ impl NatsServer {
                     "WANGGE_NATS_STORE".to_owned(),
                     home.join("store").display().to_string(),
                 ),
-            ]);
-            Launch {
-                port,
-                args: vec![OsString::from("-c"), home.join("single.conf").into()],
-                env,
-            }
+            ];
+            (port, env)
         })
-        .await;
-        server.users = true;
-        server
+        .await
+    }
+
+    /// From now on the harness's clients reach this server over TLS with the certificates of
+    /// `pki`, which the server keeps alive.
+    pub fn speaks_tls(&mut self, pki: Arc<TestPki>) {
+        self.client_tls = Some(pki.nats_client_tls());
+        self.pki = Some(pki);
+    }
+
+    /// What a client needs to reach this server over TLS, if it speaks TLS.
+    pub fn client_tls(&self) -> Option<&TlsConfig> {
+        self.client_tls.as_ref()
     }
 
     /// A client connected as `user` with its password (and its own reply subjects, as a tier
@@ -207,7 +254,12 @@ impl NatsServer {
         tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
         let (errors_tx, errors) = tokio::sync::mpsc::unbounded_channel();
-        let client = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new();
+        let options = match &self.client_tls {
+            Some(tls) => options.tls(tls),
+            None => options,
+        };
+        let client = options
             .user_and_password(user.to_owned(), password_of(user))
             .custom_inbox_prefix(format!("_INBOX.{user}"))
             .event_callback(move |event| {
@@ -266,6 +318,7 @@ impl NatsServer {
                         users: false,
                         home,
                         client_tls: None,
+                        pki: None,
                     };
                 }
                 // A free port is only free until someone binds it: choose again.
