@@ -10,11 +10,13 @@ use prost::Message as _;
 use tonic::Code;
 use wangge_proto as pb;
 use wangge_proto::Tier;
-use wangge_tests::cluster::{STREET_SCOPE, TierClients, TierHandle, VILLAGE_SCOPE, as_actor};
+use wangge_tests::cluster::{
+    DISTRICT_SCOPE, STREET_SCOPE, TierClients, TierHandle, VILLAGE_SCOPE, as_actor,
+};
 use wangge_tests::db::TestDb;
 use wangge_tests::fixtures::*;
 use wangge_tests::nats::NatsServer;
-use wangge_tests::{Cluster, eventually};
+use wangge_tests::{Cluster, Topology, eventually};
 
 /// Waits until every tier confirmed and applied everything: outboxes empty, nothing parked.
 async fn settled(clients: &TierClients) -> [pb::TierStatus; 3] {
@@ -388,7 +390,13 @@ async fn a_stream_deleted_under_the_tiers_is_made_again() {
 async fn a_second_street_with_its_own_database_is_filled_by_reconciliation() {
     // A street replica that joins late, after the stream forgot everything: reconciliation alone
     // brings it up to date from its peers.
-    let cluster = Cluster::start().await;
+    // On one server without NATS users: the second instance of a scope runs under its own
+    // durable name, which a per-instance NATS user (leaf topology) would not allow it.
+    let cluster = Cluster::start_on(
+        Topology::SingleServer,
+        [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+    )
+    .await;
     let clients = cluster.clients().await;
     let mut cases = Vec::new();
     for _ in 0..4 {

@@ -19,7 +19,7 @@ use wangge_tests::db::TestDb;
 use wangge_tests::fixtures::*;
 use wangge_tests::nats::NatsServer;
 use wangge_tests::process::TierProcess;
-use wangge_tests::{Cluster, eventually};
+use wangge_tests::{Cluster, Topology, eventually};
 
 #[tokio::test]
 async fn a_resubmitted_report_returns_the_same_case() {
@@ -432,7 +432,13 @@ async fn an_undecodable_message_is_kept_as_a_dead_letter_and_does_not_block_the_
 
 #[tokio::test]
 async fn pruned_inbox_entries_leave_late_copies_without_effect() {
-    let cluster = Cluster::start().await;
+    // On one server without NATS users: the second instance of a scope runs under its own
+    // durable name, which a per-instance NATS user (leaf topology) would not allow it.
+    let cluster = Cluster::start_on(
+        Topology::SingleServer,
+        [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+    )
+    .await;
     let clients = cluster.clients().await;
     // A second street instance that forgets applied event ids at once.
     let db = TestDb::seeded("street_pruning").await;
