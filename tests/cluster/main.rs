@@ -10,6 +10,7 @@ mod chaos;
 mod client_errors;
 mod delivery;
 mod edges;
+mod intake;
 mod limits;
 mod nats_accounts;
 mod secrets;

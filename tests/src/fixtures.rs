@@ -127,6 +127,7 @@ pub fn authored_pair() -> Vec<pb::CaseEvent> {
             captured_at: Some(now),
             urgency: pb::Urgency::Normal as i32,
             self_handling: None,
+            possible_duplicates: Vec::new(),
         })),
         ..Default::default()
     };

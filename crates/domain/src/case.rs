@@ -272,6 +272,7 @@ fn open(event: &pb::CaseEvent, report: &pb::Reported) -> Result<pb::Case, Refusa
         version: 1,
         attachments: event.attachments.clone(),
         check_requested_by: Tier::Unspecified as i32,
+        possible_duplicates: report.possible_duplicates.clone(),
     })
 }
 

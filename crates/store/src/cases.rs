@@ -142,6 +142,48 @@ pub async fn events(pool: &PgPool, case_id: Uuid) -> Result<Vec<pb::CaseEvent>> 
     rows.iter().map(|r| decode_event(&r.body)).collect()
 }
 
+/// An open case near a new report (a duplicate candidate before its exact distance is known).
+#[derive(Debug, Clone, FromRow)]
+pub struct NearbyCase {
+    pub id: Uuid,
+    pub number: String,
+    pub longitude: f64,
+    pub latitude: f64,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// States a case no longer needs work in: never a duplicate candidate.
+const FINISHED_STATES: [&str; 5] = ["closed", "rejected", "void", "merged", "archived"];
+
+/// Open cases of `category` reported since `since` inside the box of `longitude` ± `d_longitude`
+/// and `latitude` ± `d_latitude` (at most `limit`, the newest first); the caller measures the
+/// exact distance.
+pub async fn open_nearby(
+    pool: &PgPool,
+    category: &str,
+    since: DateTime<Utc>,
+    (longitude, latitude): (f64, f64),
+    (d_longitude, d_latitude): (f64, f64),
+    limit: i64,
+) -> Result<Vec<NearbyCase>> {
+    Ok(sqlx::query_as(
+        "SELECT id, number, longitude, latitude, reported_at FROM cases
+         WHERE category_code = $1 AND reported_at >= $2 AND state <> ALL($3)
+           AND longitude BETWEEN $4 - $6 AND $4 + $6 AND latitude BETWEEN $5 - $7 AND $5 + $7
+         ORDER BY reported_at DESC LIMIT $8",
+    )
+    .bind(category)
+    .bind(since)
+    .bind(&FINISHED_STATES[..])
+    .bind(longitude)
+    .bind(latitude)
+    .bind(d_longitude)
+    .bind(d_latitude)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The next daily report number of a community: 350205002006-20261126-0042.
 pub async fn next_number(
     conn: &mut PgConnection,

@@ -45,6 +45,27 @@ pub struct Config {
     pub nats_auth: NatsAuthConfig,
     /// gRPC over TLS and NATS over TLS; plain text only on loopback unless allowed.
     pub tls: TlsConfig,
+    /// What the village looks for when it takes a report.
+    pub intake: IntakeConfig,
+}
+
+/// Intake: the duplicates (疑似重复) a new report is checked against.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IntakeConfig {
+    /// Open cases of the same category within this many metres are candidates.
+    pub duplicate_radius_m: u32,
+    /// … reported within this many hours before.
+    pub duplicate_window_hours: u32,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            duplicate_radius_m: 50,
+            duplicate_window_hours: 72,
+        }
+    }
 }
 
 /// The NATS credential of one tier instance: a user and password, an NKey seed file or a `.creds`
@@ -279,6 +300,7 @@ impl Config {
             },
             nats_auth: NatsAuthConfig::default(),
             tls: TlsConfig::default(),
+            intake: IntakeConfig::default(),
         }
     }
 }

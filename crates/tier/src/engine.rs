@@ -22,6 +22,7 @@ use wangge_proto::case_event::Kind;
 use wangge_store::{cases, intake, outbox};
 
 use crate::Error;
+use crate::config::IntakeConfig;
 use crate::policy::Grant;
 use crate::request::NewReport;
 use crate::validate::{Attachments, Note};
@@ -40,7 +41,12 @@ pub struct Engine {
     peers: Vec<pb::Tier>,
     /// The largest event that can travel.
     max_event_bytes: usize,
+    /// What a new report is checked against for duplicates.
+    intake: IntakeConfig,
 }
+
+/// At most this many duplicate candidates travel with a report, the nearest.
+const MAX_DUPLICATE_CANDIDATES: usize = 10;
 
 /// Who acts on a case, with what remark and attachments (checked at the edge, `validate`); the
 /// step itself is given to [`Engine::act`].
@@ -91,7 +97,14 @@ impl Engine {
             updates,
             peers,
             max_event_bytes,
+            intake: IntakeConfig::default(),
         }
+    }
+
+    /// The same engine with other intake rules (duplicate radius and window).
+    pub fn with_intake(mut self, intake: IntakeConfig) -> Engine {
+        self.intake = intake;
+        self
     }
 
     pub fn peers(&self) -> &[pb::Tier] {
@@ -175,6 +188,10 @@ impl Engine {
             ));
         }
 
+        let possible_duplicates = self
+            .duplicate_candidates(&report.category_code, longitude, latitude)
+            .await?;
+
         let case_id = Uuid::now_v7();
         let at = now();
         let mut tx = self.pool.begin().await?;
@@ -211,11 +228,76 @@ impl Engine {
                 captured_at: report.captured_at.or(Some(at)),
                 urgency: report.urgency as i32,
                 self_handling: report.self_handling,
+                possible_duplicates,
             })),
         };
         let case = self.commit(tx, None, event).await?;
-        info!(case_id = %case.id, number = %case.number, grid = %case.grid_code, "case reported");
+        info!(
+            case_id = %case.id,
+            number = %case.number,
+            grid = %case.grid_code,
+            possible_duplicates = case.possible_duplicates.len(),
+            "case reported"
+        );
         Ok(case)
+    }
+
+    /// Open cases of `category` reported within the intake's radius and window of the point,
+    /// nearest first (疑似重复): the box query finds them, the haversine distance decides.
+    async fn duplicate_candidates(
+        &self,
+        category: &str,
+        longitude: f64,
+        latitude: f64,
+    ) -> Result<Vec<pb::DuplicateCandidate>, Error> {
+        use geo::{Distance as _, Haversine, Point};
+
+        let radius = f64::from(self.intake.duplicate_radius_m);
+        if radius <= 0.0 {
+            return Ok(Vec::new());
+        }
+        // Degrees of latitude are ~111 km everywhere; of longitude, shorter by cos(latitude).
+        // The box is a little larger than the circle on purpose.
+        let d_latitude = radius / 111_000.0 * 1.1;
+        let d_longitude = d_latitude / latitude.to_radians().cos().abs().max(0.01);
+        let since =
+            Utc::now() - chrono::Duration::hours(i64::from(self.intake.duplicate_window_hours));
+        let nearby = cases::open_nearby(
+            &self.pool,
+            category,
+            since,
+            (longitude, latitude),
+            (d_longitude, d_latitude),
+            200,
+        )
+        .await?;
+        let here = Point::new(longitude, latitude);
+        let mut candidates: Vec<(f64, pb::DuplicateCandidate)> = nearby
+            .into_iter()
+            .filter_map(|case| {
+                let distance = Haversine.distance(here, Point::new(case.longitude, case.latitude));
+                (distance <= radius).then(|| {
+                    (
+                        distance,
+                        pb::DuplicateCandidate {
+                            case_id: case.id.to_string(),
+                            number: case.number,
+                            distance_m: distance.round() as u32,
+                            reported_at: Some(prost_types::Timestamp {
+                                seconds: case.reported_at.timestamp(),
+                                nanos: case.reported_at.timestamp_subsec_nanos() as i32,
+                            }),
+                        },
+                    )
+                })
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(candidates
+            .into_iter()
+            .take(MAX_DUPLICATE_CANDIDATES)
+            .map(|(_, candidate)| candidate)
+            .collect())
     }
 
     /// The case an earlier copy of this report created, if the reporter sent it before; a taken

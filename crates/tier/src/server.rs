@@ -83,15 +83,18 @@ where
     };
 
     let relay_handle = RelayHandle::default();
-    let engine = Arc::new(Engine::new(
-        tier,
-        scope,
-        pool.clone(),
-        grids,
-        relay_handle.clone(),
-        config.peers_of(tier),
-        max_event_bytes,
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            tier,
+            scope,
+            pool.clone(),
+            grids,
+            relay_handle.clone(),
+            config.peers_of(tier),
+            max_event_bytes,
+        )
+        .with_intake(config.intake),
+    );
     let durable = config.consumer_name.clone().unwrap_or_else(|| name.clone());
     let supervisor = supervisor::Supervisor::new(supervisor::RestartPolicy::default());
     let reconciliation = spawn_background(

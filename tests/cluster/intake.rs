@@ -1,0 +1,97 @@
+//! Intake: a report comes back with the open cases of its category reported near it shortly
+//! before (疑似重复), nearest first, and every tier holds them with the case, so the center sees
+//! them in its console.
+
+use wangge_proto as pb;
+use wangge_proto::Tier;
+use wangge_tests::Cluster;
+use wangge_tests::cluster::{FieldClient, as_actor};
+use wangge_tests::fixtures::*;
+
+async fn report_at(field: &FieldClient, grid: &str, category: &str) -> pb::Case {
+    let mut request = report(&client_id(), grid);
+    request.category_code = category.to_owned();
+    field
+        .clone()
+        .report_case(as_actor(&format!("gw-{grid}"), request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn candidates(case: &pb::Case) -> Vec<(&str, u32)> {
+    case.possible_duplicates
+        .iter()
+        .map(|d| (d.case_id.as_str(), d.distance_m))
+        .collect()
+}
+
+/// Metres between two points on a sphere of the Earth's mean radius.
+fn metres(a: &pb::GeoPoint, b: &pb::GeoPoint) -> f64 {
+    let (la1, la2) = (a.latitude.to_radians(), b.latitude.to_radians());
+    let d_la = la2 - la1;
+    let d_lo = (b.longitude - a.longitude).to_radians();
+    let h = (d_la / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (d_lo / 2.0).sin().powi(2);
+    2.0 * 6_371_000.0 * h.sqrt().asin()
+}
+
+#[tokio::test]
+async fn a_report_names_the_open_cases_of_its_category_nearby_as_possible_duplicates() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let field = clients.field();
+    let radius = cluster.village.config.intake.duplicate_radius_m;
+
+    let first = report_at(&field, GRID, CATEGORY).await;
+    assert!(candidates(&first).is_empty(), "nothing before it");
+
+    // The same thing at the same place: the first is a candidate, 0 m away.
+    let second = report_at(&field, GRID, CATEGORY).await;
+    assert_eq!(candidates(&second), vec![(first.id.as_str(), 0)]);
+
+    // Another category at the same place is not a duplicate.
+    let other_category = report_at(&field, GRID, "szcg-01-02").await;
+    assert!(candidates(&other_category).is_empty());
+
+    // Another grid's point, farther than the radius, is not either.
+    let (here, there) = (point_in(GRID), point_in(OTHER_GRID));
+    assert!(
+        metres(&here, &there) > f64::from(radius),
+        "the test's two points are too close"
+    );
+    let far = report_at(&field, OTHER_GRID, CATEGORY).await;
+    assert!(candidates(&far).is_empty(), "{:?}", candidates(&far));
+
+    // A case the street rejected (不予受理) needs no more work: no longer a candidate once the
+    // village holds the rejection.
+    clients.converged(&first.id, 1).await;
+    clients
+        .street_console()
+        .reject_case(as_actor(
+            STREET_CHIEF,
+            pb::CaseActionRequest {
+                case_id: first.id.clone(),
+                note: "重复上报".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    clients.converged(&first.id, 2).await;
+    let third = report_at(&field, GRID, CATEGORY).await;
+    assert_eq!(candidates(&third), vec![(second.id.as_str(), 0)]);
+
+    // The street's console sees the candidates with the case.
+    clients.converged(&third.id, 1).await;
+    let at_street = clients
+        .cases(Tier::Street)
+        .get_case(pb::GetCaseRequest {
+            case_id: third.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at_street.possible_duplicates, third.possible_duplicates);
+    assert_eq!(at_street.possible_duplicates[0].number, second.number);
+    cluster.stop().await;
+}
