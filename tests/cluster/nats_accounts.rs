@@ -8,14 +8,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use tokio::sync::mpsc::UnboundedReceiver;
 use wangge_proto as pb;
-use wangge_proto::{CaseState, Tier};
-use wangge_tests::cluster::{DISTRICT_SCOPE, STREET_SCOPE, TierHandle, VILLAGE_SCOPE, as_actor};
-use wangge_tests::db::TestDb;
+use wangge_proto::Tier;
+use wangge_tests::cluster::{DISTRICT_SCOPE, STREET_SCOPE, VILLAGE_SCOPE};
 use wangge_tests::fixtures::*;
 use wangge_tests::nats::{NatsServer, credential_of};
 use wangge_tests::{Cluster, eventually};
 
-use crate::case_loop::{action, same_everywhere, sign_and_handle, street_department};
+use crate::case_loop::close_round_the_loop;
 
 /// 霞阳社区 (GRID's community) and 新阳街道's other community (OTHER_GRID's), each with a village
 /// instance of its own, beside the cluster's tiers.
@@ -33,48 +32,14 @@ const INSTANCES: [(Tier, &str); 5] = [
 
 /// The three tiers, each connected as its own user.
 async fn cluster_on_own_users() -> Cluster {
-    wangge_tests::init_logs();
-    let nats = NatsServer::with_users(&INSTANCES).await;
-    let (vdb, sdb, ddb) = tokio::join!(
-        TestDb::seeded("village"),
-        TestDb::seeded("street"),
-        TestDb::seeded("district")
-    );
-    let url = nats.url();
-    let own_user = |tier: Tier, scope: &'static str| {
-        move |config: &mut wangge_tier::Config| config.nats_auth = credential_of(tier, scope)
-    };
-    let (village, street, district) = tokio::join!(
-        TierHandle::start_with(
-            Tier::Village,
-            VILLAGE_SCOPE,
-            &url,
-            vdb,
-            own_user(Tier::Village, VILLAGE_SCOPE)
-        ),
-        TierHandle::start_with(
-            Tier::Street,
-            STREET_SCOPE,
-            &url,
-            sdb,
-            own_user(Tier::Street, STREET_SCOPE)
-        ),
-        TierHandle::start_with(
-            Tier::District,
-            DISTRICT_SCOPE,
-            &url,
-            ddb,
-            own_user(Tier::District, DISTRICT_SCOPE)
-        ),
-    );
-    nats.case_stream_with_consumers(3).await;
-    Cluster {
-        village,
-        street,
-        district,
-        nats,
-        leaves: None,
-    }
+    Cluster::assemble(
+        NatsServer::with_users(&INSTANCES).await,
+        None,
+        [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+        None,
+        |tier, scope, config| config.nats_auth = credential_of(tier, scope),
+    )
+    .await
 }
 
 /// The server's complaints about what its clients were not allowed to do.
@@ -121,68 +86,9 @@ async fn every_tier_runs_the_whole_loop_on_its_own_nats_user() {
     let cluster = cluster_on_own_users().await;
     let clients = cluster.clients().await;
 
-    // 上报 at the village, 立案 and 派遣 at the street, the department handles, the village checks,
-    // the street closes.
-    let case = report_case(&clients, GRID).await;
-    same_everywhere(&clients, &case).await;
-    let mut console = clients.street_console();
-    let case = console
-        .accept_case(as_actor(STREET_OPERATOR, action(&case, "属实")))
-        .await
-        .unwrap()
-        .into_inner();
-    let departments = departments_of(&clients, Tier::Street, "350205002000").await;
-    let department = street_department(&departments, "城管");
-    let case = console
-        .dispatch_case(as_actor(
-            STREET_OPERATOR,
-            pb::DispatchCaseRequest {
-                case_id: case.id.clone(),
-                department_code: department.clone(),
-                note: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut handler = clients.street_departments();
-    let case = sign_and_handle(
-        &mut handler,
-        &format!("dh-{department}"),
-        &case,
-        &department,
-        "已清运",
-    )
-    .await;
-    let case = console
-        .request_check(as_actor(STREET_OPERATOR, action(&case, "")))
-        .await
-        .unwrap()
-        .into_inner();
-    // The check request reaches the village through its own consumer.
-    same_everywhere(&clients, &case).await;
-    let case = clients
-        .field()
-        .confirm_check(as_actor(
-            GRID_WORKER,
-            pb::ConfirmCheckRequest {
-                case_id: case.id.clone(),
-                passed: true,
-                note: "现场已清理".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    same_everywhere(&clients, &case).await;
-    let case = console
-        .close_case(as_actor(STREET_CHIEF, action(&case, "结案")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(case.state(), CaseState::Closed);
-    assert_eq!(same_everywhere(&clients, &case).await.len(), 8);
+    // 上报 at the village, 立案 and 派遣 at the street, the department handles, the village checks
+    // (the check request reaches it through its own consumer), the street closes.
+    close_round_the_loop(&clients).await;
 
     // Receipts reached the authors (every outbox empty), and reconciliation and the consumer
     // checks work: no tier sees a problem.

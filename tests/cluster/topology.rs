@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use wangge_proto as pb;
-use wangge_proto::{CaseState, Tier};
+use wangge_proto::Tier;
 use wangge_tests::Channel;
 use wangge_tests::cluster::{TierClients, as_actor};
 use wangge_tests::fixtures::*;
@@ -19,7 +19,9 @@ use wangge_tests::nats::{NatsServer, password_of};
 use wangge_tests::topology::{DOMAIN, NatsTopology, link_user};
 use wangge_tests::{Cluster, eventually};
 
-use crate::case_loop::{action, same_everywhere, sign_and_handle, street_department};
+use crate::case_loop::{
+    action, close_round_the_loop, same_everywhere, sign_and_handle, street_department,
+};
 
 type AdminClient = pb::admin_service_client::AdminServiceClient<Channel>;
 
@@ -335,67 +337,8 @@ async fn a_village_leafs_link_carries_only_its_own_scope() {
 async fn the_case_loop_runs_with_the_village_and_the_street_on_leaf_nodes_of_the_hub() {
     let cluster = Cluster::start_on_leaves().await;
     let clients = cluster.clients().await;
-    let mut console = clients.street_console();
-
-    let case = report_case(&clients, GRID).await;
-    same_everywhere(&clients, &case).await;
-    let case = console
-        .accept_case(as_actor(STREET_OPERATOR, action(&case, "属实")))
-        .await
-        .unwrap()
-        .into_inner();
-    let departments = departments_of(&clients, Tier::Street, "350205002000").await;
-    let department = street_department(&departments, "城管");
-    let dispatch = pb::DispatchCaseRequest {
-        case_id: case.id.clone(),
-        department_code: department.clone(),
-        note: "请尽快清理".into(),
-    };
-    let case = console
-        .dispatch_case(as_actor(STREET_OPERATOR, dispatch))
-        .await
-        .unwrap()
-        .into_inner();
-    let handler_id = format!("dh-{department}");
-    let case = sign_and_handle(
-        &mut clients.street_departments(),
-        &handler_id,
-        &case,
-        &department,
-        "已清运",
-    )
-    .await;
-    same_everywhere(&clients, &case).await;
-
     // The check goes down to the village, across its leaf link, and its answer comes back up.
-    let case = console
-        .request_check(as_actor(STREET_OPERATOR, action(&case, "")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(case.owner.as_ref().unwrap().tier(), Tier::Village);
-    same_everywhere(&clients, &case).await;
-    let confirm = pb::ConfirmCheckRequest {
-        case_id: case.id.clone(),
-        passed: true,
-        note: "现场已清理".into(),
-        ..Default::default()
-    };
-    let case = clients
-        .field()
-        .confirm_check(as_actor(GRID_WORKER, confirm))
-        .await
-        .unwrap()
-        .into_inner();
-    same_everywhere(&clients, &case).await;
-    let case = console
-        .close_case(as_actor(STREET_CHIEF, action(&case, "结案")))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(case.state(), CaseState::Closed);
-    let history = same_everywhere(&clients, &case).await;
-    assert_eq!(history.len(), 8);
+    close_round_the_loop(&clients).await;
 
     // Every tier on its own user, the district over TLS to the hub.
     for (tier, user) in [

@@ -63,19 +63,6 @@ impl TierHandle {
         TierHandle::start_reached(tier, scope, nats_url, db, None, tweak).await
     }
 
-    /// Like [`Self::start_with`] for a tier that `tweak` sets up to serve over TLS: the test's
-    /// clients connect with `client_tls`.
-    pub async fn start_secure(
-        tier: Tier,
-        scope: &str,
-        nats_url: &str,
-        db: TestDb,
-        client_tls: ClientTlsConfig,
-        tweak: impl FnOnce(&mut Config),
-    ) -> TierHandle {
-        TierHandle::start_reached(tier, scope, nats_url, db, Some(client_tls), tweak).await
-    }
-
     async fn start_reached(
         tier: Tier,
         scope: &str,
@@ -252,7 +239,6 @@ impl Cluster {
         scopes: [&str; 3],
         tweak: impl Fn(&mut Config),
     ) -> Cluster {
-        crate::init_logs();
         let (nats, leaves) = match on {
             Topology::SingleServer => (NatsServer::start().await, None),
             Topology::LeafNodes => {
@@ -260,6 +246,36 @@ impl Cluster {
                 (hub, Some(leaves))
             }
         };
+        // On leaf nodes every tier names the hub's domain, the district too: one setting for all.
+        let domain = leaves.as_ref().map(|_| topology::DOMAIN.to_owned());
+        // There every tier also connects as its own user, and the district reaches the hub over
+        // TLS: the servers run the production files.
+        let on_leaves = leaves.is_some();
+        let hub_tls = nats.client_tls().cloned();
+        Cluster::assemble(nats, leaves, scopes, None, |tier, scope, config| {
+            config.jetstream_domain = domain.clone();
+            if on_leaves {
+                config.nats_auth = credential_of(tier, scope);
+            }
+            if let (Tier::District, Some(tls)) = (tier, hub_tls.clone()) {
+                config.tls = tls;
+            }
+            tweak(config);
+        })
+        .await
+    }
+
+    /// Seeded databases and the three tiers of `scopes` (village, street, district) on `nats`, or
+    /// with the village and the street on their `leaves`; each tier's configuration is adjusted
+    /// by `configure`, and the test's clients use `client_tls` when the tiers serve TLS.
+    pub async fn assemble(
+        nats: NatsServer,
+        leaves: Option<LeafNodes>,
+        scopes: [&str; 3],
+        client_tls: Option<ClientTlsConfig>,
+        configure: impl Fn(Tier, &str, &mut Config),
+    ) -> Cluster {
+        crate::init_logs();
         let (vdb, sdb, ddb) = tokio::join!(
             TestDb::seeded("village"),
             TestDb::seeded("street"),
@@ -270,49 +286,20 @@ impl Cluster {
             (Some(leaves), Tier::Village | Tier::Street) => leaves.of(tier).url(),
             _ => nats.url(),
         };
-        let urls = [url(Tier::Village), url(Tier::Street), url(Tier::District)];
-        // On leaf nodes every tier names the hub's domain, the district too: one setting for all.
-        let domain = leaves.as_ref().map(|_| topology::DOMAIN.to_owned());
-        // There every tier also connects as its own user, and the district reaches the hub over
-        // TLS: the servers run the production files.
-        let on_leaves = leaves.is_some();
-        let hub_tls = nats.client_tls().cloned();
-        let configure = |tier: Tier, scope: &str| {
-            let (domain, hub_tls, tweak) = (domain.clone(), hub_tls.clone(), &tweak);
+        let start = |tier: Tier, scope: &str, db: TestDb| {
+            let (url, client_tls, configure) = (url(tier), client_tls.clone(), &configure);
             let scope = scope.to_owned();
-            move |config: &mut Config| {
-                config.jetstream_domain = domain;
-                if on_leaves {
-                    config.nats_auth = credential_of(tier, &scope);
-                }
-                if let (Tier::District, Some(tls)) = (tier, hub_tls) {
-                    config.tls = tls;
-                }
-                tweak(config);
+            async move {
+                TierHandle::start_reached(tier, &scope, &url, db, client_tls, |config| {
+                    configure(tier, &scope, config)
+                })
+                .await
             }
         };
         let (village, street, district) = tokio::join!(
-            TierHandle::start_with(
-                Tier::Village,
-                scopes[0],
-                &urls[0],
-                vdb,
-                configure(Tier::Village, scopes[0])
-            ),
-            TierHandle::start_with(
-                Tier::Street,
-                scopes[1],
-                &urls[1],
-                sdb,
-                configure(Tier::Street, scopes[1])
-            ),
-            TierHandle::start_with(
-                Tier::District,
-                scopes[2],
-                &urls[2],
-                ddb,
-                configure(Tier::District, scopes[2])
-            ),
+            start(Tier::Village, scopes[0], vdb),
+            start(Tier::Street, scopes[1], sdb),
+            start(Tier::District, scopes[2], ddb),
         );
         // Tests start acting at once: let the tiers' consumers be in place first.
         nats.case_stream_with_consumers(3).await;
@@ -329,49 +316,14 @@ impl Cluster {
     /// it alive until the cluster stopped): one nats-server that speaks only TLS and checks client
     /// certificates, and tiers that serve gRPC over TLS to clients with certificates only.
     pub async fn start_tls(pki: &TestPki) -> Cluster {
-        crate::init_logs();
-        let nats = NatsServer::start_tls(pki).await;
-        let (vdb, sdb, ddb) = tokio::join!(
-            TestDb::seeded("village"),
-            TestDb::seeded("street"),
-            TestDb::seeded("district")
-        );
-        let url = nats.url();
-        let configure = |config: &mut Config| config.tls = pki.tier_tls();
-        let (village, street, district) = tokio::join!(
-            TierHandle::start_secure(
-                Tier::Village,
-                VILLAGE_SCOPE,
-                &url,
-                vdb,
-                pki.grpc_client(),
-                configure
-            ),
-            TierHandle::start_secure(
-                Tier::Street,
-                STREET_SCOPE,
-                &url,
-                sdb,
-                pki.grpc_client(),
-                configure
-            ),
-            TierHandle::start_secure(
-                Tier::District,
-                DISTRICT_SCOPE,
-                &url,
-                ddb,
-                pki.grpc_client(),
-                configure
-            ),
-        );
-        nats.case_stream_with_consumers(3).await;
-        Cluster {
-            village,
-            street,
-            district,
-            nats,
-            leaves: None,
-        }
+        Cluster::assemble(
+            NatsServer::start_tls(pki).await,
+            None,
+            [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+            Some(pki.grpc_client()),
+            |_, _, config| config.tls = pki.tier_tls(),
+        )
+        .await
     }
 
     /// The leaf servers; panics unless the cluster runs on leaf nodes.

@@ -55,6 +55,29 @@ fn kid_of(path: &Path, suffix: &'static str) -> Result<String, KeyError> {
         })
 }
 
+/// A `<kid><suffix>` PEM file read as an Ed25519 key, else as a P-256 one: its kid, key and
+/// algorithm.
+fn load_pem<K, E>(
+    path: &Path,
+    suffix: &'static str,
+    what: &'static str,
+    ed: impl Fn(&[u8]) -> Result<K, E>,
+    ec: impl Fn(&[u8]) -> Result<K, E>,
+) -> Result<(String, K, Algorithm), KeyError> {
+    let kid = kid_of(path, suffix)?;
+    let pem = read(path)?;
+    if let Ok(key) = ed(&pem) {
+        Ok((kid, key, Algorithm::EdDSA))
+    } else if let Ok(key) = ec(&pem) {
+        Ok((kid, key, Algorithm::ES256))
+    } else {
+        Err(KeyError::NotAKey {
+            path: path.to_owned(),
+            what,
+        })
+    }
+}
+
 /// A key tokens may be signed with, by its id.
 pub struct PublicKey {
     pub kid: String,
@@ -74,18 +97,13 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// `<kid>.pub.pem`: an Ed25519 (EdDSA) or P-256 (ES256) public key.
     pub fn load(path: &Path) -> Result<PublicKey, KeyError> {
-        let kid = kid_of(path, ".pub.pem")?;
-        let pem = read(path)?;
-        let (key, algorithm) = if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-            (key, Algorithm::EdDSA)
-        } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-            (key, Algorithm::ES256)
-        } else {
-            return Err(KeyError::NotAKey {
-                path: path.to_owned(),
-                what: "public",
-            });
-        };
+        let (kid, key, algorithm) = load_pem(
+            path,
+            ".pub.pem",
+            "public",
+            DecodingKey::from_ed_pem,
+            DecodingKey::from_ec_pem,
+        )?;
         Ok(PublicKey {
             kid,
             key,
@@ -147,18 +165,13 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// `<kid>.key.pem`: an Ed25519 or P-256 private key in PKCS#8 PEM.
     pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
-        let kid = kid_of(path, ".key.pem")?;
-        let pem = read(path)?;
-        let (key, algorithm) = if let Ok(key) = EncodingKey::from_ed_pem(&pem) {
-            (key, Algorithm::EdDSA)
-        } else if let Ok(key) = EncodingKey::from_ec_pem(&pem) {
-            (key, Algorithm::ES256)
-        } else {
-            return Err(KeyError::NotAKey {
-                path: path.to_owned(),
-                what: "private",
-            });
-        };
+        let (kid, key, algorithm) = load_pem(
+            path,
+            ".key.pem",
+            "private",
+            EncodingKey::from_ed_pem,
+            EncodingKey::from_ec_pem,
+        )?;
         Ok(SigningKey {
             kid,
             key,
