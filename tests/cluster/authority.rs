@@ -25,7 +25,7 @@ struct Role {
     outside: &'static str,
 }
 
-const ROLES: [Role; 9] = [
+const ROLES: [Role; 10] = [
     Role {
         name: "grid_worker",
         inside: "gw-350205002006001",
@@ -71,6 +71,11 @@ const ROLES: [Role; 9] = [
         inside: "admin-350205000000",
         outside: "admin-350203000000",
     },
+    Role {
+        name: "leader",
+        inside: "ld-350205002000",
+        outside: "ld-350205003000",
+    },
 ];
 
 /// Readers of cases inside their scope (a handler reads the cases dispatched to them).
@@ -82,6 +87,7 @@ const READERS: &[&str] = &[
     "district_operator",
     "supervisor",
     "auditor",
+    "leader",
 ];
 const CASE_READERS: &[&str] = &[
     "grid_worker",
@@ -92,8 +98,20 @@ const CASE_READERS: &[&str] = &[
     "department_handler",
     "supervisor",
     "auditor",
+    "leader",
 ];
 const CENTER: &[&str] = &["street_operator", "duty_chief"];
+/// Who reads the evaluation figures (综合评价) of their scope.
+const EVALUATORS: &[&str] = &[
+    "street_operator",
+    "duty_chief",
+    "district_operator",
+    "supervisor",
+    "auditor",
+    "leader",
+];
+/// Who decides a center's requests (void, return, a first standard extension; reopen, archive).
+const APPROVERS: &[&str] = &["duty_chief", "leader"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tier {
@@ -135,7 +153,7 @@ fn anywhere(mut row: Row) -> Row {
     row
 }
 
-fn table(case_id: &str) -> Vec<Row> {
+fn table(case_id: &str, other_case_id: &str) -> Vec<Row> {
     use Tier::*;
     let action = |note: &str| pb::CaseActionRequest {
         case_id: case_id.to_owned(),
@@ -150,6 +168,11 @@ fn table(case_id: &str) -> Vec<Row> {
     };
     let case = || pb::GetCaseRequest {
         case_id: case_id.to_owned(),
+    };
+    let decision = || pb::DecisionRequest {
+        case_id: case_id.to_owned(),
+        approve: false,
+        note: "理由不足".into(),
     };
     vec![
         // The department's steps first: the console rows below may move the case on.
@@ -242,6 +265,29 @@ fn table(case_id: &str) -> Vec<Row> {
             "/wangge.v1.AdminService/GetStatus",
             Street,
             pb::GetStatusRequest {},
+            &["admin"],
+        ),
+        row(
+            "/wangge.v1.EvaluationService/Evaluate",
+            Street,
+            pb::EvaluateRequest {
+                org_code: GRID.to_owned(),
+                // 2025: a valid period in the past, so only the policy can refuse.
+                from: Some(prost_types::Timestamp {
+                    seconds: 1_735_689_600,
+                    nanos: 0,
+                }),
+                to: Some(prost_types::Timestamp {
+                    seconds: 1_767_139_200,
+                    nanos: 0,
+                }),
+            },
+            EVALUATORS,
+        ),
+        row(
+            "/wangge.v1.AdminService/AdvanceClock",
+            Street,
+            pb::AdvanceClockRequest { seconds: 60 },
             &["admin"],
         ),
         row(
@@ -346,6 +392,112 @@ fn table(case_id: &str) -> Vec<Row> {
             },
             &["community_staff"],
         ),
+        row(
+            "/wangge.v1.FieldAppService/ConfirmVerification",
+            Village,
+            pb::ConfirmVerificationRequest {
+                case_id: case_id.to_owned(),
+                genuine: true,
+                ..Default::default()
+            },
+            &["grid_worker"],
+        ),
+        // The standard's further steps; in the case's state (dispatched) the allowed ones are
+        // refused by the state machine, which the table tells apart from a denial.
+        row(
+            "/wangge.v1.CommandConsoleService/RequestVerification",
+            Street,
+            action(""),
+            CENTER,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/RequestVoid",
+            Street,
+            action("误报"),
+            CENTER,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/DecideVoid",
+            Street,
+            decision(),
+            APPROVERS,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/DecideReturn",
+            Street,
+            decision(),
+            APPROVERS,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/DecideDelay",
+            Street,
+            decision(),
+            APPROVERS,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/DecideHang",
+            Street,
+            decision(),
+            &["leader"],
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/ResumeCase",
+            Street,
+            action(""),
+            CENTER,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/ReopenCase",
+            Street,
+            action("问题复发"),
+            APPROVERS,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/ArchiveCase",
+            Street,
+            action("备案"),
+            APPROVERS,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/MergeCase",
+            Street,
+            pb::MergeCaseRequest {
+                case_id: case_id.to_owned(),
+                into_case_id: other_case_id.to_owned(),
+                note: String::new(),
+            },
+            CENTER,
+        ),
+        row(
+            "/wangge.v1.CommandConsoleService/SuperviseCase",
+            Street,
+            pb::SuperviseCaseRequest {
+                case_id: case_id.to_owned(),
+                level: pb::SupervisionLevel::Yellow as i32,
+                note: "请加快处置".into(),
+            },
+            &["duty_chief", "supervisor", "leader"],
+        ),
+        row(
+            "/wangge.v1.DepartmentService/RequestDelay",
+            Street,
+            pb::DelayRequest {
+                case_id: case_id.to_owned(),
+                department_code: DEPARTMENT.to_owned(),
+                extension: Some(pb::TimeLimit {
+                    amount: 1,
+                    unit: pb::TimeUnit::WorkingDays as i32,
+                }),
+                reason: "材料未到".into(),
+            },
+            &["department_handler"],
+        ),
+        row(
+            "/wangge.v1.DepartmentService/RequestHang",
+            Street,
+            department("季节性施工"),
+            &["department_handler"],
+        ),
         // Last: these move the case on (to in progress, handled, and up to the district).
         row(
             "/wangge.v1.DepartmentService/SignCase",
@@ -440,7 +592,10 @@ async fn every_rpc_is_allowed_or_refused_by_role_and_scope_as_the_table_says() {
         .unwrap();
     clients.converged(&case.id, 3).await;
 
-    let table = table(&case.id);
+    // A second case in the same grid, for the merge row.
+    let other = report_case(&clients, GRID).await;
+    clients.converged(&other.id, 1).await;
+    let table = table(&case.id, &other.id);
     let listed: BTreeSet<String> = table.iter().map(|r| r.method.to_owned()).collect();
     assert_eq!(
         listed.len(),

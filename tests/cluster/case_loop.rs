@@ -534,6 +534,29 @@ async fn a_returned_case_is_dispatched_again() {
         .into_inner();
     assert_eq!(returned.state(), CaseState::ReturnRequested);
     same_everywhere(&clients, &returned).await;
+    // 回退 needs the duty chief: no re-dispatch before that, and an operator cannot decide it.
+    let refused = console
+        .dispatch_case(as_actor(STREET_OPERATOR, dispatch(&right)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let decision = pb::DecisionRequest {
+        case_id: case.id.clone(),
+        approve: true,
+        note: String::new(),
+    };
+    let refused = console
+        .decide_return(as_actor(STREET_OPERATOR, decision.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let approved = console
+        .decide_return(as_actor(STREET_CHIEF, decision))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.state(), CaseState::Accepted);
+    assert_eq!(approved.department_code, "");
 
     let case = console
         .dispatch_case(as_actor(STREET_OPERATOR, dispatch(&right)))

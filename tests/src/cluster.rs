@@ -156,6 +156,16 @@ impl TierHandle {
         .await;
     }
 
+    /// Kills the tier as a crash would: its task is aborted mid-work, no shutdown runs (open
+    /// transactions roll back when their connections drop). `resume` starts it again.
+    pub async fn kill(&mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Graceful stop; returns what `run` returned.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {

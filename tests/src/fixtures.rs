@@ -128,6 +128,7 @@ pub fn authored_pair() -> Vec<pb::CaseEvent> {
             urgency: pb::Urgency::Normal as i32,
             self_handling: None,
             possible_duplicates: Vec::new(),
+            skip_street: false,
         })),
         ..Default::default()
     };

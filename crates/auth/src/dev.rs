@@ -41,6 +41,8 @@ pub fn persona(name: &str, now: i64, ttl_secs: i64) -> Result<Claims, String> {
         (roles, vec![org], vec![])
     } else if let Some(code) = name.strip_prefix("dc-") {
         (&["duty_chief"], vec![center(code)], vec![])
+    } else if let Some(code) = name.strip_prefix("ld-") {
+        (&["leader"], vec![center(code)], vec![])
     } else if let Some(department) = name.strip_prefix("dh-") {
         (&["department_handler"], vec![], vec![department])
     } else if let Some(code) = name.strip_prefix("sv-") {
@@ -55,7 +57,7 @@ pub fn persona(name: &str, now: i64, ttl_secs: i64) -> Result<Claims, String> {
         (&["auditor", "admin"], vec![HAICANG], vec![])
     } else {
         return Err(format!(
-            "no persona named {name:?} (gw-<grid>, cs-<community>, op-/dc-/sv-/au-/admin-<org>, \
+            "no persona named {name:?} (gw-<grid>, cs-<community>, op-/dc-/ld-/sv-/au-/admin-<org>, \
                  dh-<department>, admin, observer)"
         ));
     };

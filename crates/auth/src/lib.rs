@@ -28,7 +28,7 @@ pub struct Claims {
     /// The person (or system account), e.g. `gw-350205002006001`.
     pub sub: String,
     /// Role names: `grid_worker`, `community_staff`, `street_operator`, `duty_chief`,
-    /// `district_operator`, `department_handler`, `supervisor`, `auditor`, `admin`.
+    /// `district_operator`, `department_handler`, `supervisor`, `auditor`, `admin`, `leader`.
     pub roles: Vec<String>,
     /// Org codes the roles apply in: a district (`350205`), street (`350205002`), community
     /// (`350205002006`, or their 12-digit forms) or grid (`350205002006001`).
@@ -163,11 +163,12 @@ pub fn role_name(role: pb::Role) -> &'static str {
         pb::Role::Auditor => "auditor",
         pb::Role::Admin => "admin",
         pb::Role::System => "system",
+        pb::Role::Leader => "leader",
     }
 }
 
 /// The roles a token may carry (the platform's own `system` role never comes from a token).
-pub const ROLES: [pb::Role; 9] = [
+pub const ROLES: [pb::Role; 10] = [
     pb::Role::GridWorker,
     pb::Role::CommunityStaff,
     pb::Role::StreetOperator,
@@ -177,6 +178,7 @@ pub const ROLES: [pb::Role; 9] = [
     pb::Role::Supervisor,
     pb::Role::Auditor,
     pb::Role::Admin,
+    pb::Role::Leader,
 ];
 
 pub fn parse_role(name: &str) -> Option<pb::Role> {

@@ -45,7 +45,7 @@ pub struct TokenArgs {
     #[arg(long, conflicts_with = "persona", requires = "role")]
     subject: Option<String>,
     /// A role (grid_worker, community_staff, street_operator, duty_chief, district_operator,
-    /// department_handler, supervisor, auditor, admin); repeat for several.
+    /// department_handler, supervisor, auditor, admin, leader); repeat for several.
     #[arg(long)]
     role: Vec<String>,
     /// An org code the roles apply in (district, street, community or grid); repeat for several.

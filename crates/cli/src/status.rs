@@ -178,8 +178,28 @@ fn describe(url: &str, answer: &Answer) -> Vec<String> {
         })
         .collect();
     lines.push(format!("  tasks: {}", tasks.join(", ")));
+    if let Some(clock) = &status.clock {
+        let last = if clock.last_scan_seconds_ago < 0.0 {
+            "no scan yet".to_owned()
+        } else {
+            format!("last scan {:.0} s ago", clock.last_scan_seconds_ago)
+        };
+        lines.push(format!(
+            "  clock: {} open cases, {} supervisions raised, {last}, calendar until {}",
+            clock.open_cases,
+            clock.supervisions_raised,
+            if clock.calendar_until.is_empty() {
+                "none"
+            } else {
+                clock.calendar_until.as_str()
+            }
+        ));
+    }
     for problem in &status.problems {
         lines.push(format!("  ! {problem}"));
+    }
+    for warning in &status.warnings {
+        lines.push(format!("  ~ {warning}"));
     }
     lines
 }

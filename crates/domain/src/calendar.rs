@@ -7,10 +7,15 @@
 //! hours by default: 08:30-12:00 and 14:30-17:30). The calendar's data lives in the seeds
 //! (`seeds/calendar-2026.toml`, table `calendar_days`): no date is hard-coded here.
 //!
+//! A calendar also knows which years it was loaded for (a `calendar-<year>.toml` per year): the
+//! holidays of a year are announced only late in the year before, so a deadline that runs into a
+//! year without a calendar is computed on ordinary weekdays, and the clock flags it
+//! ([`crate::clock::Standing::beyond_calendar`]) instead of pretending to know.
+//!
 //! All times are local wall-clock times (Asia/Shanghai has no daylight saving time), so plain
 //! [`NaiveDateTime`] arithmetic is exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -128,21 +133,25 @@ pub fn default_periods() -> Vec<WorkingPeriod> {
 
 /// Working days (工作日) and working time, for time limits in working hours and working days.
 ///
-/// Built from the exceptions to the Monday-to-Friday week (holidays, 调休 make-up working days)
-/// and the working periods of the day.
+/// Built from the exceptions to the Monday-to-Friday week (holidays, 调休 make-up working days),
+/// the working periods of the day and the years whose schedule was loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkCalendar {
     exceptions: BTreeMap<NaiveDate, DayKind>,
     /// Sorted, non-overlapping, never empty.
     periods: Vec<WorkingPeriod>,
+    /// The years whose schedule was loaded (a year without exceptions is still loaded); outside
+    /// them the calendar knows only the ordinary week.
+    years: BTreeSet<i32>,
 }
 
 impl Default for WorkCalendar {
-    /// Monday to Friday with Xiamen office hours, no holidays.
+    /// Monday to Friday with Xiamen office hours, no holidays, and no year loaded.
     fn default() -> Self {
         WorkCalendar {
             exceptions: BTreeMap::new(),
             periods: default_periods(),
+            years: BTreeSet::new(),
         }
     }
 }
@@ -163,12 +172,39 @@ impl WorkCalendar {
     }
 
     /// A calendar with the default office hours from `calendar_days` rows; a date listed twice
-    /// takes its last kind.
+    /// takes its last kind. No year counts as loaded until [`WorkCalendar::with_years`] says so.
     pub fn from_days(days: impl IntoIterator<Item = (NaiveDate, DayKind)>) -> Self {
         WorkCalendar {
             exceptions: days.into_iter().collect(),
-            periods: default_periods(),
+            ..WorkCalendar::default()
         }
+    }
+
+    /// The same calendar, with `years` counted as loaded too (the years of the calendar files
+    /// imported, table `calendar_years`).
+    pub fn with_years(mut self, years: impl IntoIterator<Item = i32>) -> Self {
+        self.years.extend(years);
+        self
+    }
+
+    /// The years whose schedule was loaded.
+    pub fn years(&self) -> &BTreeSet<i32> {
+        &self.years
+    }
+
+    /// The last day of the last year loaded; None when no year is. Beyond it the calendar knows
+    /// only the ordinary Monday-to-Friday week.
+    pub fn covered_until(&self) -> Option<NaiveDate> {
+        let last = self.years.last()?;
+        NaiveDate::from_ymd_opt(*last, 12, 31)
+    }
+
+    /// Whether every day from `from` to `to` (inclusive, in either order) lies in a loaded year:
+    /// a span that reaches past [`WorkCalendar::covered_until`], or into a year missing between
+    /// two loaded ones, is not covered.
+    pub fn covers(&self, from: NaiveDate, to: NaiveDate) -> bool {
+        let (first, last) = (from.min(to).year(), from.max(to).year());
+        (first..=last).all(|year| self.years.contains(&year))
     }
 
     /// The same calendar with other working periods (summer hours, a 24-hour service …).
@@ -654,6 +690,36 @@ mod tests {
         assert_eq!(
             WorkCalendar::default().with_periods([]),
             Err(CalendarError::NoPeriods)
+        );
+    }
+
+    #[test]
+    fn a_calendar_covers_the_years_it_was_loaded_for() {
+        let cal = xiamen_2026();
+        assert_eq!(
+            cal.covered_until(),
+            None,
+            "a calendar built by hand loads no year"
+        );
+        assert!(!cal.covers(d("2026-10-01"), d("2026-10-08")));
+
+        let cal = xiamen_2026().with_years([2026]);
+        assert_eq!(cal.covered_until(), Some(d("2026-12-31")));
+        assert!(cal.covers(d("2026-01-01"), d("2026-12-31")));
+        assert!(cal.covers(d("2026-12-31"), d("2026-06-01")), "either order");
+        assert!(!cal.covers(d("2026-12-20"), d("2027-01-05")), "into 2027");
+        assert!(!cal.covers(d("2025-12-31"), d("2026-01-05")), "from 2025");
+
+        // 2028 loaded without 2027: covered until the end of 2028, but not across 2027.
+        let gap = cal.clone().with_years([2028]);
+        assert_eq!(gap.covered_until(), Some(d("2028-12-31")));
+        assert!(gap.covers(d("2028-03-01"), d("2028-03-02")));
+        assert!(!gap.covers(d("2026-12-30"), d("2028-01-02")));
+        // The years change nothing of the working days themselves.
+        assert!(!gap.is_working_day(d("2026-10-01")));
+        assert!(
+            gap.is_working_day(d("2027-10-01")),
+            "an ordinary Friday, 2027 not loaded"
         );
     }
 

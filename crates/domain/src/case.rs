@@ -11,6 +11,7 @@ use pb::{CaseState as State, CheckOutcome, Tier};
 use wangge_proto as pb;
 
 use crate::codes::GridCode;
+use crate::limits::Stage;
 
 /// Why an event may not be appended to a case.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -101,6 +102,7 @@ pub fn state_name(state: State) -> &'static str {
         State::ReturnRequested => "return_requested",
         State::DelayRequested => "delay_requested",
         State::HangRequested => "hang_requested",
+        State::VoidRequested => "void_requested",
     }
 }
 
@@ -121,6 +123,25 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::SelfHandleApproved(_) => "self_handle_approved",
         Kind::SelfHandleRejected(_) => "self_handle_rejected",
         Kind::Reworked(_) => "reworked",
+        Kind::VerifyRequested(_) => "verify_requested",
+        Kind::Verified(_) => "verified",
+        Kind::VoidRequested(_) => "void_requested",
+        Kind::VoidApproved(_) => "void_approved",
+        Kind::VoidDenied(_) => "void_denied",
+        Kind::DelayRequested(_) => "delay_requested",
+        Kind::DelayApproved(_) => "delay_approved",
+        Kind::DelayDenied(_) => "delay_denied",
+        Kind::HangRequested(_) => "hang_requested",
+        Kind::HangApproved(_) => "hang_approved",
+        Kind::HangDenied(_) => "hang_denied",
+        Kind::Resumed(_) => "resumed",
+        Kind::ReturnApproved(_) => "return_approved",
+        Kind::ReturnDenied(_) => "return_denied",
+        Kind::Reopened(_) => "reopened",
+        Kind::Archived(_) => "archived",
+        Kind::Merged(_) => "merged",
+        Kind::MergeReceived(_) => "merge_received",
+        Kind::Supervised(_) => "supervised",
     }
 }
 
@@ -140,6 +161,21 @@ fn action_name(kind: &Kind) -> &'static str {
         Kind::SelfHandleApproved(_) => "approve the self-handling of",
         Kind::SelfHandleRejected(_) => "reject the self-handling of",
         Kind::Reworked(_) => "send back for rework",
+        Kind::VerifyRequested(_) => "ask for the verification of",
+        Kind::Verified(_) => "confirm the verification of",
+        Kind::VoidRequested(_) => "ask to void",
+        Kind::VoidApproved(_) | Kind::VoidDenied(_) => "decide on voiding",
+        Kind::DelayRequested(_) => "ask for an extension of",
+        Kind::DelayApproved(_) | Kind::DelayDenied(_) => "decide on an extension of",
+        Kind::HangRequested(_) => "ask to hang",
+        Kind::HangApproved(_) | Kind::HangDenied(_) => "decide on hanging",
+        Kind::Resumed(_) => "resume",
+        Kind::ReturnApproved(_) | Kind::ReturnDenied(_) => "decide on the return of",
+        Kind::Reopened(_) => "reopen",
+        Kind::Archived(_) => "archive",
+        Kind::Merged(_) => "merge",
+        Kind::MergeReceived(_) => "merge another case into",
+        Kind::Supervised(_) => "supervise",
     }
 }
 
@@ -244,9 +280,17 @@ fn open(event: &pb::CaseEvent, report: &pb::Reported) -> Result<pb::Case, Refusa
         .grid_code
         .parse()
         .map_err(|e| malformed("grid_code", format!("{e}")))?;
-    let (state, owner) = match report.self_handling {
-        Some(_) => (State::SelfHandled, owner_for(Tier::Village, &grid)),
-        None => (State::Reported, owner_for(Tier::Street, &grid)),
+    let (state, owner) = match (&report.self_handling, report.skip_street) {
+        (Some(_), true) => {
+            return Err(malformed(
+                "self_handling",
+                "a case handled on the spot does not skip the street",
+            ));
+        }
+        (Some(_), false) => (State::SelfHandled, owner_for(Tier::Village, &grid)),
+        (None, false) => (State::Reported, owner_for(Tier::Street, &grid)),
+        // 越级上报: straight to the district; the street holds it too.
+        (None, true) => (State::Reported, owner_for(Tier::District, &grid)),
     };
     Ok(pb::Case {
         id: event.case_id.clone(),
@@ -273,6 +317,18 @@ fn open(event: &pb::CaseEvent, report: &pb::Reported) -> Result<pb::Case, Refusa
         attachments: event.attachments.clone(),
         check_requested_by: Tier::Unspecified as i32,
         possible_duplicates: report.possible_duplicates.clone(),
+        resumes_to: State::Unspecified as i32,
+        rework_count: 0,
+        extensions: Vec::new(),
+        requested_extension: None,
+        stage_started_at: event.at,
+        pauses: Vec::new(),
+        merged_into: String::new(),
+        merged: Vec::new(),
+        supervisions: Vec::new(),
+        skipped_street: report.skip_street,
+        clocks: None,
+        round_extensions_from: 0,
     })
 }
 
@@ -324,7 +380,7 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             _ => return Err(illegal()),
         },
         Kind::Dispatched(dispatch) => match state {
-            State::Accepted | State::ReturnRequested if is_center => {
+            State::Accepted if is_center => {
                 require(&dispatch.department_code, "department_code")?;
                 next.state = State::Dispatched as i32;
                 next.department_code = dispatch.department_code.clone();
@@ -343,8 +399,7 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             State::Dispatched | State::InProgress => {
                 same_department(&returned.department_code)?;
                 require(&returned.reason, "reason")?;
-                next.state = State::ReturnRequested as i32;
-                next.department_code = String::new();
+                request(&mut next, State::ReturnRequested, state);
             }
             _ => return Err(illegal()),
         },
@@ -394,6 +449,9 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
                 same_department(&rework.department_code)?;
                 next.state = State::Dispatched as i32;
                 next.check_outcome = CheckOutcome::Unspecified as i32;
+                next.rework_count += 1;
+                // A new round of handling: earlier extensions were for the earlier round.
+                next.round_extensions_from = next.extensions.len() as u32;
             }
             _ => return Err(illegal()),
         },
@@ -401,7 +459,7 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             let upper = upper_tier(held_by).filter(|_| is_center);
             match (state, upper) {
                 (_, None) if is_center => return Err(Refusal::NoUpperTier(tier_name(held_by))),
-                (State::Reported | State::Accepted | State::ReturnRequested, Some(upper)) => {
+                (State::Reported | State::Accepted, Some(upper)) => {
                     require(&escalated.reason, "reason")?;
                     next.state = State::Escalated as i32;
                     next.department_code = String::new();
@@ -422,8 +480,225 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             }
             _ => return Err(illegal()),
         },
+        Kind::VerifyRequested(_) => match state {
+            State::Reported | State::Escalated if is_center => {
+                next.state = State::Verifying as i32;
+                next.check_requested_by = held_by as i32;
+                next.owner = Some(owner_for(Tier::Village, &grid));
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::Verified(verified) => match state {
+            State::Verifying if held_by == Tier::Village => {
+                next.state = if verified.genuine {
+                    State::Accepted
+                } else {
+                    State::Rejected
+                } as i32;
+                next.owner = Some(owner_for(case.check_requested_by(), &grid));
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::VoidRequested(void) => match state {
+            State::Accepted if is_center => {
+                require(&void.reason, "reason")?;
+                request(&mut next, State::VoidRequested, state);
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::VoidApproved(_) => match state {
+            State::VoidRequested if is_center => decide(&mut next, Some(State::Void)),
+            _ => return Err(illegal()),
+        },
+        Kind::ReturnApproved(_) => match state {
+            State::ReturnRequested if is_center => {
+                // Back to the center, which dispatches it again.
+                decide(&mut next, Some(State::Accepted));
+                next.department_code = String::new();
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::DelayRequested(delay) => match state {
+            State::InProgress => {
+                same_department(&delay.department_code)?;
+                require(&delay.reason, "reason")?;
+                let extension = delay
+                    .extension
+                    .filter(|e| e.amount > 0 && e.unit() != pb::TimeUnit::Unspecified)
+                    .ok_or_else(|| malformed("extension", "needs an amount above 0 and a unit"))?;
+                request(&mut next, State::DelayRequested, state);
+                next.requested_extension = Some(extension);
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::DelayApproved(approved) => match state {
+            State::DelayRequested if is_center => {
+                if approved.extension != case.requested_extension {
+                    return Err(malformed(
+                        "extension",
+                        "an approval grants the extension that was asked for",
+                    ));
+                }
+                decide(&mut next, None);
+                next.extensions.extend(case.requested_extension);
+                next.requested_extension = None;
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::HangRequested(hang) => match state {
+            State::InProgress => {
+                same_department(&hang.department_code)?;
+                require(&hang.reason, "reason")?;
+                request(&mut next, State::HangRequested, state);
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::HangApproved(_) => match state {
+            State::HangRequested if is_center => {
+                decide(&mut next, Some(State::Hung));
+                next.pauses.push(pb::Pause {
+                    from: event.at,
+                    until: None,
+                });
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::Resumed(_) => match state {
+            State::Hung if is_center => {
+                next.state = State::InProgress as i32;
+                if let Some(pause) = next.pauses.last_mut() {
+                    pause.until = event.at;
+                }
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::VoidDenied(pb::VoidDenied { reason })
+        | Kind::ReturnDenied(pb::ReturnDenied { reason })
+        | Kind::DelayDenied(pb::DelayDenied { reason })
+        | Kind::HangDenied(pb::HangDenied { reason }) => {
+            let asked = match kind {
+                Kind::VoidDenied(_) => State::VoidRequested,
+                Kind::ReturnDenied(_) => State::ReturnRequested,
+                Kind::DelayDenied(_) => State::DelayRequested,
+                _ => State::HangRequested,
+            };
+            if state != asked || !is_center {
+                return Err(illegal());
+            }
+            require(reason, "reason")?;
+            decide(&mut next, None);
+            next.requested_extension = None;
+        }
+        Kind::Reopened(reopened) => match state {
+            State::Closed if is_center => {
+                require(&reopened.reason, "reason")?;
+                next.state = State::Accepted as i32;
+                next.department_code = String::new();
+                next.check_outcome = CheckOutcome::Unspecified as i32;
+                next.round_extensions_from = next.extensions.len() as u32;
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::Archived(archived) => match state {
+            State::Reported | State::Escalated | State::Closed if is_center => {
+                require(&archived.reason, "reason")?;
+                next.state = State::Archived as i32;
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::Merged(merged) => match state {
+            State::Reported | State::Escalated | State::Accepted if is_center => {
+                require(&merged.into_case_id, "into_case_id")?;
+                if merged.into_case_id == case.id {
+                    return Err(malformed(
+                        "into_case_id",
+                        "a case cannot be merged into itself",
+                    ));
+                }
+                next.state = State::Merged as i32;
+                next.merged_into = merged.into_case_id.clone();
+            }
+            _ => return Err(illegal()),
+        },
+        Kind::MergeReceived(received) => {
+            if !is_center || is_finished(state) {
+                return Err(illegal());
+            }
+            require(&received.case_id, "case_id")?;
+            next.merged.push(pb::MergedCase {
+                case_id: received.case_id.clone(),
+                number: received.number.clone(),
+                reporter: received.reporter.clone(),
+            });
+        }
+        Kind::Supervised(supervised) => {
+            let level = supervised.level();
+            if !matches!(
+                level,
+                pb::SupervisionLevel::Normal
+                    | pb::SupervisionLevel::Yellow
+                    | pb::SupervisionLevel::Red
+            ) {
+                return Err(malformed("level", "must be normal, yellow or red"));
+            }
+            let current = Stage::of_state(state).ok_or_else(illegal)?;
+            if supervised.stage() != stage_of(current) {
+                return Err(malformed(
+                    "stage",
+                    format!("the case is in the {current} stage"),
+                ));
+            }
+            if next.supervision < level as i32 {
+                next.supervision = level as i32;
+            }
+            next.supervisions.push(pb::Supervision {
+                level: level as i32,
+                stage: supervised.stage,
+                automatic: supervised.automatic,
+                stage_started_at: supervised.stage_started_at,
+                at: event.at,
+                by: event.actor.clone(),
+            });
+        }
+    }
+    let restarts = matches!(kind, Kind::Escalated(_));
+    if restarts || Stage::of_state(next.state()) != Stage::of_state(state) {
+        next.stage_started_at = event.at;
     }
     Ok(next)
+}
+
+/// A request that awaits a decision: the case waits in `pending`, a denial returns it to `from`.
+fn request(next: &mut pb::Case, pending: State, from: State) {
+    next.state = pending as i32;
+    next.resumes_to = from as i32;
+}
+
+/// Decides the pending request: on to `approved`, or back to where it was asked (None).
+fn decide(next: &mut pb::Case, approved: Option<State>) {
+    let back = next.resumes_to();
+    next.state = approved.unwrap_or(back) as i32;
+    next.resumes_to = State::Unspecified as i32;
+}
+
+/// True for the states no further work follows (a closed case may still be reopened).
+pub fn is_finished(state: State) -> bool {
+    matches!(
+        state,
+        State::Closed | State::Rejected | State::Void | State::Merged | State::Archived
+    )
+}
+
+/// The API's name of a stage.
+pub fn stage_of(stage: Stage) -> pb::Stage {
+    match stage {
+        Stage::Accept => pb::Stage::Accept,
+        Stage::Dispatch => pb::Stage::Dispatch,
+        Stage::Sign => pb::Stage::Sign,
+        Stage::Handle => pb::Stage::Handle,
+        Stage::Check => pb::Stage::Check,
+        Stage::Case => pb::Stage::Case,
+    }
 }
 
 fn require(value: &str, field: &'static str) -> Result<(), Refusal> {
@@ -690,6 +965,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log.state(), State::ReturnRequested);
+        // Nothing is dispatched again before the duty chief agrees.
+        let refused = log
+            .step(
+                Tier::Street,
+                K::Dispatched(pb::Dispatched {
+                    department_code: right.clone(),
+                }),
+            )
+            .unwrap_err();
+        assert!(matches!(refused, Refusal::IllegalTransition { .. }));
+        log.step(Tier::Street, K::ReturnApproved(pb::ReturnApproved {}))
+            .unwrap();
+        assert_eq!(log.state(), State::Accepted);
+        assert_eq!(log.case.as_ref().unwrap().department_code, "");
         log.step(
             Tier::Street,
             K::Dispatched(pb::Dispatched {
@@ -769,5 +1058,363 @@ mod tests {
             replay(log.case.as_ref(), &ev),
             Err(Refusal::Diverged { .. })
         ));
+    }
+
+    fn accepted_and_signed(log: &mut Log, d: &str) {
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: d.to_owned(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: d.to_owned(),
+            }),
+        )
+        .unwrap();
+    }
+
+    fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: 0 })
+    }
+
+    #[test]
+    fn a_verification_files_or_rejects_the_report_by_the_answer() {
+        for (genuine, after) in [(true, State::Accepted), (false, State::Rejected)] {
+            let mut log = Log::report(false);
+            log.step(
+                Tier::Street,
+                K::VerifyRequested(pb::VerifyRequested::default()),
+            )
+            .unwrap();
+            assert_eq!(
+                (log.state(), log.owner()),
+                (State::Verifying, Tier::Village)
+            );
+            // The street waits for the answer; it cannot file meanwhile.
+            assert!(matches!(
+                log.step(Tier::Street, K::Accepted(pb::Accepted {})),
+                Err(Refusal::NotOwner { .. })
+            ));
+            log.step(Tier::Village, K::Verified(pb::Verified { genuine }))
+                .unwrap();
+            assert_eq!((log.state(), log.owner()), (after, Tier::Street));
+        }
+    }
+
+    #[test]
+    fn a_void_needs_a_decision_and_a_denial_goes_back() {
+        let mut log = Log::report(false);
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        assert!(
+            log.step(Tier::Street, K::VoidRequested(pb::VoidRequested::default()))
+                .unwrap_err()
+                .is_bad_input()
+        );
+        log.step(
+            Tier::Street,
+            K::VoidRequested(pb::VoidRequested {
+                reason: "a test report".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(log.state(), State::VoidRequested);
+        assert!(
+            log.step(Tier::Street, K::VoidDenied(pb::VoidDenied::default()))
+                .unwrap_err()
+                .is_bad_input(),
+            "a denial says why"
+        );
+        log.step(
+            Tier::Street,
+            K::VoidDenied(pb::VoidDenied {
+                reason: "it is real".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(log.state(), State::Accepted);
+        log.step(
+            Tier::Street,
+            K::VoidRequested(pb::VoidRequested { reason: "x".into() }),
+        )
+        .unwrap();
+        log.step(Tier::Street, K::VoidApproved(pb::VoidApproved {}))
+            .unwrap();
+        assert_eq!(log.state(), State::Void);
+        assert!(matches!(
+            log.step(Tier::Street, K::VoidApproved(pb::VoidApproved {})),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn an_approved_delay_adds_its_extension_and_a_denied_one_does_not() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        accepted_and_signed(&mut log, &d);
+        let two_days = pb::TimeLimit {
+            amount: 2,
+            unit: pb::TimeUnit::WorkingDays as i32,
+        };
+        let ask = |extension| {
+            K::DelayRequested(pb::DelayRequested {
+                department_code: d.clone(),
+                extension,
+                reason: "materials".into(),
+            })
+        };
+        assert!(
+            log.step(Tier::Street, ask(None))
+                .unwrap_err()
+                .is_bad_input()
+        );
+        log.step(Tier::Street, ask(Some(two_days))).unwrap();
+        assert_eq!(log.state(), State::DelayRequested);
+        // Only what was asked for can be granted.
+        let other = pb::TimeLimit {
+            amount: 5,
+            ..two_days
+        };
+        assert!(
+            log.step(
+                Tier::Street,
+                K::DelayApproved(pb::DelayApproved {
+                    extension: Some(other)
+                })
+            )
+            .unwrap_err()
+            .is_bad_input()
+        );
+        let case = log
+            .step(
+                Tier::Street,
+                K::DelayApproved(pb::DelayApproved {
+                    extension: Some(two_days),
+                }),
+            )
+            .unwrap();
+        assert_eq!(case.state(), State::InProgress);
+        assert_eq!(case.extensions, vec![two_days]);
+        assert_eq!(case.requested_extension, None);
+        log.step(Tier::Street, ask(Some(two_days))).unwrap();
+        let case = log
+            .step(
+                Tier::Street,
+                K::DelayDenied(pb::DelayDenied {
+                    reason: "no".into(),
+                }),
+            )
+            .unwrap();
+        assert_eq!(case.state(), State::InProgress);
+        assert_eq!(case.extensions.len(), 1);
+    }
+
+    #[test]
+    fn a_hung_case_pauses_until_it_is_resumed() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        accepted_and_signed(&mut log, &d);
+        log.step(
+            Tier::Street,
+            K::HangRequested(pb::HangRequested {
+                department_code: d.clone(),
+                reason: "the rainy season".into(),
+            }),
+        )
+        .unwrap();
+        let mut ev = event(
+            log.seq(),
+            Tier::Street,
+            K::HangApproved(pb::HangApproved {}),
+        );
+        ev.at = at(1_000);
+        let hung = apply(log.case.as_ref(), &ev).unwrap();
+        assert_eq!(hung.state(), State::Hung);
+        assert_eq!(
+            hung.pauses,
+            vec![pb::Pause {
+                from: at(1_000),
+                until: None
+            }]
+        );
+        // A hung case is not handled until it is resumed.
+        let mut handled = event(
+            log.seq() + 1,
+            Tier::Street,
+            K::Handled(pb::Handled {
+                department_code: d,
+                result: "done".into(),
+            }),
+        );
+        handled.at = at(2_000);
+        assert!(matches!(
+            apply(Some(&hung), &handled),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+        let mut resume = event(log.seq() + 1, Tier::Street, K::Resumed(pb::Resumed {}));
+        resume.at = at(5_000);
+        let resumed = apply(Some(&hung), &resume).unwrap();
+        assert_eq!(resumed.state(), State::InProgress);
+        assert_eq!(
+            resumed.pauses,
+            vec![pb::Pause {
+                from: at(1_000),
+                until: at(5_000)
+            }]
+        );
+    }
+
+    #[test]
+    fn rework_is_counted_and_a_closed_case_can_be_reopened_or_archived() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        accepted_and_signed(&mut log, &d);
+        let handle_and_check = |log: &mut Log, passed| {
+            log.step(
+                Tier::Street,
+                K::Handled(pb::Handled {
+                    department_code: d.clone(),
+                    result: "done".into(),
+                }),
+            )
+            .unwrap();
+            log.step(
+                Tier::Street,
+                K::CheckRequested(pb::CheckRequested::default()),
+            )
+            .unwrap();
+            log.step(Tier::Village, K::Checked(pb::Checked { passed }))
+                .unwrap();
+        };
+        handle_and_check(&mut log, false);
+        log.step(
+            Tier::Street,
+            K::Reworked(pb::Reworked {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        handle_and_check(&mut log, true);
+        let closed = log.step(Tier::Street, K::Closed(pb::Closed {})).unwrap();
+        assert_eq!(closed.rework_count, 1);
+        log.step(
+            Tier::Street,
+            K::Reopened(pb::Reopened {
+                reason: "it came back".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(log.state(), State::Accepted);
+        let mut log = Log::report(false);
+        log.step(
+            Tier::Street,
+            K::Archived(pb::Archived {
+                reason: "for the record".into(),
+            }),
+        )
+        .unwrap();
+        assert_eq!(log.state(), State::Archived);
+    }
+
+    #[test]
+    fn a_merged_case_points_at_the_case_it_follows() {
+        let mut log = Log::report(false);
+        assert!(
+            log.step(
+                Tier::Street,
+                K::Merged(pb::Merged {
+                    into_case_id: "c1".into(),
+                    into_number: "n".into(),
+                })
+            )
+            .unwrap_err()
+            .is_bad_input()
+        );
+        let merged = log
+            .step(
+                Tier::Street,
+                K::Merged(pb::Merged {
+                    into_case_id: "c2".into(),
+                    into_number: "n2".into(),
+                }),
+            )
+            .unwrap();
+        assert_eq!(
+            (merged.state(), merged.merged_into.as_str()),
+            (State::Merged, "c2")
+        );
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::MergeReceived(pb::MergeReceived {
+                    case_id: "c3".into(),
+                    ..Default::default()
+                })
+            ),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn supervision_raises_the_level_in_the_current_stage_only() {
+        let mut log = Log::report(false);
+        let supervise = |level: pb::SupervisionLevel, stage: pb::Stage| {
+            K::Supervised(pb::Supervised {
+                level: level as i32,
+                stage: stage as i32,
+                automatic: true,
+                stage_started_at: None,
+            })
+        };
+        assert!(
+            log.step(
+                Tier::Street,
+                supervise(pb::SupervisionLevel::Yellow, pb::Stage::Handle)
+            )
+            .unwrap_err()
+            .is_bad_input()
+        );
+        log.step(
+            Tier::Street,
+            supervise(pb::SupervisionLevel::Red, pb::Stage::Accept),
+        )
+        .unwrap();
+        let case = log
+            .step(
+                Tier::Street,
+                supervise(pb::SupervisionLevel::Yellow, pb::Stage::Accept),
+            )
+            .unwrap();
+        assert_eq!(case.supervision(), pb::SupervisionLevel::Red);
+        assert_eq!(case.supervisions.len(), 2);
+        assert_eq!(case.state(), State::Reported);
+    }
+
+    #[test]
+    fn a_skip_tier_report_goes_straight_to_the_district() {
+        let report = pb::Reported {
+            grid_code: GRID.into(),
+            skip_street: true,
+            ..Default::default()
+        };
+        let case = apply(None, &event(1, Tier::Village, K::Reported(report))).unwrap();
+        assert_eq!(
+            (case.state(), owner_tier(&case)),
+            (State::Reported, Tier::District)
+        );
+        assert!(case.skipped_street);
     }
 }

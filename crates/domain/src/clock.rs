@@ -125,6 +125,11 @@ pub struct Standing {
     pub light: Light,
     /// The clock is stopped now (the case is HUNG).
     pub stopped: bool,
+    /// The clock counts working time, and its span (from its start to the deadline or to now,
+    /// whichever is later) reaches into a year whose calendar was not loaded: those days were
+    /// counted as ordinary weekdays, so the deadline may be off by that year's holidays and
+    /// 调休 days. A limit in minutes needs no calendar and is never flagged.
+    pub beyond_calendar: bool,
 }
 
 impl Standing {
@@ -206,6 +211,10 @@ impl Clock<'_> {
         } else {
             0.0
         };
+        let beyond_calendar = self.limit.unit != LimitUnit::Minutes
+            && !self
+                .calendar
+                .covers(self.started.date(), deadline.max(now).date());
         Standing {
             deadline,
             used,
@@ -213,6 +222,7 @@ impl Clock<'_> {
             share,
             light: Light::of_share(share),
             stopped,
+            beyond_calendar,
         }
     }
 
@@ -486,6 +496,41 @@ mod tests {
                 .collect();
             proptest::prop_assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
         }
+    }
+
+    #[test]
+    fn a_deadline_past_the_loaded_calendar_is_flagged() {
+        let calendar = national_day_2026().with_years([2026]);
+        // 5 working days from Monday 14 December 2026: due Monday 21 December, inside 2026.
+        let inside = clock(&calendar, Limit::working_days(5), "2026-12-14 10:00");
+        assert_eq!(
+            inside.at(at("2026-12-14 10:00")).deadline,
+            at("2026-12-21 10:00")
+        );
+        assert!(!inside.at(at("2026-12-14 10:00")).beyond_calendar);
+        // Read on 4 January 2027 (overdue), now is past the calendar: flagged.
+        assert!(inside.at(at("2027-01-04 09:00")).beyond_calendar);
+        // From Tuesday 29 December the deadline falls in 2027, counted on ordinary weekdays.
+        let across = clock(&calendar, Limit::working_days(5), "2026-12-29 10:00");
+        let standing = across.at(at("2026-12-29 10:00"));
+        assert_eq!(standing.deadline, at("2027-01-05 10:00"));
+        assert!(standing.beyond_calendar);
+        // Once 2027 is loaded too, the same clock is not flagged.
+        let both = national_day_2026().with_years([2026, 2027]);
+        assert!(
+            !clock(&both, Limit::working_days(5), "2026-12-29 10:00")
+                .at(at("2026-12-29 10:00"))
+                .beyond_calendar
+        );
+        // Minutes need no calendar; a calendar that loaded no year flags every working clock.
+        let minutes = clock(&calendar, Limit::minutes(30), "2026-12-31 23:50");
+        assert!(!minutes.at(at("2027-01-01 00:30")).beyond_calendar);
+        let unloaded = WorkCalendar::default();
+        assert!(
+            clock(&unloaded, Limit::working_hours(4), "2026-11-24 10:00")
+                .at(at("2026-11-24 10:00"))
+                .beyond_calendar
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod calendar;
 pub mod case;
 pub mod clock;
 pub mod codes;
+pub mod evaluation;
 pub mod grids;
 pub mod limits;
 

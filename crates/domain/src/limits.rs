@@ -7,13 +7,19 @@
 //! for the case's urgency before a rule for any urgency. So a category that must be handled faster
 //! says so itself, and urgency-driven limits (立案+派遣 within 10 minutes for emergencies) are written
 //! without a category.
+//!
+//! Beside the limits: each category's standard extension (标准延期, what a duty chief may grant
+//! once), found by the same lineage, and the skip-tier rules (越级上报): which reports go from the
+//! village straight to the district, the street getting a copy.
 
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use wangge_proto as pb;
-use wangge_proto::{CaseState as State, Urgency};
+use wangge_proto::CaseState as State;
+/// The urgency of a case, which the rules are written for (re-exported for their users).
+pub use wangge_proto::Urgency;
 
 use crate::calendar::WorkCalendar;
 use crate::clock::{Clock, Limit, Standing};
@@ -63,7 +69,9 @@ impl Stage {
             State::Draft | State::Reported | State::Verifying | State::Escalated => {
                 Some(Stage::Accept)
             }
-            State::Accepted | State::ReturnRequested => Some(Stage::Dispatch),
+            State::Accepted | State::ReturnRequested | State::VoidRequested => {
+                Some(Stage::Dispatch)
+            }
             State::Dispatched => Some(Stage::Sign),
             State::InProgress | State::DelayRequested | State::HangRequested | State::Hung => {
                 Some(Stage::Handle)
@@ -110,10 +118,19 @@ pub struct LimitRule {
     pub limit: Limit,
 }
 
+/// A standard extension (标准延期): what a duty chief may grant once for a case of `category`
+/// (a 小类 or a 大类, None: every category) after checking the reason; more needs a leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionRule {
+    pub category: Option<String>,
+    pub limit: Limit,
+}
+
 /// The rules of a deployment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitRules {
     rules: Vec<LimitRule>,
+    extensions: Vec<ExtensionRule>,
 }
 
 /// `szcg-01-02`, then `szcg-01`: a category and its ancestors, the most specific first.
@@ -127,11 +144,38 @@ fn lineage(category: &str) -> impl Iterator<Item = &str> {
 
 impl LimitRules {
     pub fn new(rules: Vec<LimitRule>) -> LimitRules {
-        LimitRules { rules }
+        LimitRules {
+            rules,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// The same rules with these standard extensions.
+    pub fn with_extensions(mut self, extensions: Vec<ExtensionRule>) -> LimitRules {
+        self.extensions = extensions;
+        self
     }
 
     pub fn rules(&self) -> &[LimitRule] {
         &self.rules
+    }
+
+    pub fn extensions(&self) -> &[ExtensionRule] {
+        &self.extensions
+    }
+
+    /// The standard extension of a case of `category`: the rule of the category itself, else of
+    /// its 大类, else the one for every category; None when there is none.
+    pub fn standard_extension(&self, category: &str) -> Option<Limit> {
+        lineage(category)
+            .map(Some)
+            .chain([None])
+            .find_map(|wanted| {
+                self.extensions
+                    .iter()
+                    .find(|rule| rule.category.as_deref() == wanted)
+            })
+            .map(|rule| rule.limit)
     }
 
     /// The limit of `stage` for a case of `category` and `urgency`: the most specific rule (see
@@ -151,6 +195,71 @@ impl LimitRules {
             }
         }
         None
+    }
+}
+
+/// The name of an urgency in `seeds/` and in the rule tables.
+pub fn urgency_name(urgency: Urgency) -> &'static str {
+    match urgency {
+        Urgency::Unspecified => "unspecified",
+        Urgency::Normal => "normal",
+        Urgency::Urgent => "urgent",
+        Urgency::Emergency => "emergency",
+    }
+}
+
+/// An urgency by its seed name: `normal`, `urgent` or `emergency`.
+pub fn parse_urgency(name: &str) -> Result<Urgency, String> {
+    match name {
+        "normal" => Ok(Urgency::Normal),
+        "urgent" => Ok(Urgency::Urgent),
+        "emergency" => Ok(Urgency::Emergency),
+        other => Err(format!(
+            "unknown urgency {other:?}: expected normal, urgent or emergency"
+        )),
+    }
+}
+
+/// Normal < urgent < emergency; a case whose urgency was not given counts as normal.
+fn urgency_rank(urgency: Urgency) -> u8 {
+    match urgency {
+        Urgency::Unspecified | Urgency::Normal => 0,
+        Urgency::Urgent => 1,
+        Urgency::Emergency => 2,
+    }
+}
+
+/// A skip-tier rule (越级上报): a report of `category` (a 小类 or a 大类) at `urgency` or above
+/// goes from the village straight to the district; the street gets a copy (抄送).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipRule {
+    pub category: String,
+    /// The least urgency the rule applies to.
+    pub urgency: Urgency,
+}
+
+/// The skip-tier rules of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipRules {
+    rules: Vec<SkipRule>,
+}
+
+impl SkipRules {
+    pub fn new(rules: Vec<SkipRule>) -> SkipRules {
+        SkipRules { rules }
+    }
+
+    pub fn rules(&self) -> &[SkipRule] {
+        &self.rules
+    }
+
+    /// Whether a report of `category` at `urgency` skips the street. The most specific rule
+    /// decides (the 小类's before its 大类's), so a 小类 can ask for more urgency than its 大类
+    /// (or less); a category without a rule in its lineage never skips.
+    pub fn skips_street(&self, category: &str, urgency: Urgency) -> bool {
+        lineage(category)
+            .find_map(|wanted| self.rules.iter().find(|rule| rule.category == wanted))
+            .is_some_and(|rule| urgency_rank(urgency) >= urgency_rank(rule.urgency))
     }
 }
 
@@ -330,6 +439,83 @@ mod tests {
             LimitRules::default().limit_for(Stage::Case, "szcg-01", normal),
             None
         );
+    }
+
+    #[test]
+    fn the_standard_extension_follows_the_category_lineage() {
+        let extension = |category: Option<&str>, limit| ExtensionRule {
+            category: category.map(str::to_owned),
+            limit,
+        };
+        let r = rules().with_extensions(vec![
+            extension(None, Limit::working_days(5)),
+            extension(Some("szcg-01"), Limit::working_days(2)),
+            extension(Some("szcg-01-01"), Limit::working_hours(4)),
+        ]);
+        assert_eq!(
+            r.standard_extension("szcg-01-01"),
+            Some(Limit::working_hours(4))
+        );
+        assert_eq!(
+            r.standard_extension("szcg-01-02"),
+            Some(Limit::working_days(2))
+        );
+        assert_eq!(
+            r.standard_extension("shzl-02-01"),
+            Some(Limit::working_days(5))
+        );
+        assert_eq!(r.extensions().len(), 3);
+        // The limits are untouched, and without extension rules there is none.
+        assert_eq!(
+            r.limit_for(Stage::Handle, "szcg-01-01", Urgency::Normal),
+            Some(Limit::working_hours(4))
+        );
+        assert_eq!(rules().standard_extension("szcg-01-01"), None);
+    }
+
+    #[test]
+    fn skip_rules_apply_from_their_urgency_up_by_the_most_specific_category() {
+        let skip = |category: &str, urgency| SkipRule {
+            category: category.to_owned(),
+            urgency,
+        };
+        let r = SkipRules::new(vec![
+            // 突发事件: emergencies skip the street; a gas leak already when urgent.
+            skip("szcg-04", Urgency::Emergency),
+            skip("szcg-04-04", Urgency::Urgent),
+            // 群体性事件: always.
+            skip("shzl-02-05", Urgency::Normal),
+        ]);
+        assert!(!r.skips_street("szcg-04-04", Urgency::Normal));
+        assert!(r.skips_street("szcg-04-04", Urgency::Urgent));
+        assert!(r.skips_street("szcg-04-04", Urgency::Emergency));
+        assert!(!r.skips_street("szcg-04-01", Urgency::Urgent));
+        assert!(r.skips_street("szcg-04-01", Urgency::Emergency));
+        assert!(r.skips_street("szcg-04", Urgency::Emergency));
+        assert!(r.skips_street("shzl-02-05", Urgency::Normal));
+        assert!(
+            r.skips_street("shzl-02-05", Urgency::Unspecified),
+            "no urgency given counts as normal"
+        );
+        assert!(!r.skips_street("shzl-02-01", Urgency::Emergency));
+        assert!(!r.skips_street("szcg-01-01", Urgency::Emergency));
+        // A 小类 may ask for more urgency than its 大类: its own rule decides.
+        let stricter = SkipRules::new(vec![
+            skip("szcg-04", Urgency::Urgent),
+            skip("szcg-04-02", Urgency::Emergency),
+        ]);
+        assert!(!stricter.skips_street("szcg-04-02", Urgency::Urgent));
+        assert!(stricter.skips_street("szcg-04-03", Urgency::Urgent));
+        assert!(!SkipRules::default().skips_street("szcg-04-04", Urgency::Emergency));
+    }
+
+    #[test]
+    fn urgencies_parse_by_their_seed_names() {
+        for urgency in [Urgency::Normal, Urgency::Urgent, Urgency::Emergency] {
+            assert_eq!(parse_urgency(urgency_name(urgency)), Ok(urgency));
+        }
+        assert!(parse_urgency("unspecified").is_err());
+        assert!(parse_urgency("high").unwrap_err().contains("emergency"));
     }
 
     #[test]

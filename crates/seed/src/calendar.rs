@@ -2,6 +2,10 @@
 //! Monday-to-Friday week: weekdays off (holiday) and 调休 make-up working days on weekends
 //! (workday). The calendar of an org applies to every org below it.
 //!
+//! The file's `year` is recorded as loaded for its org (`calendar_years`), even when it lists no
+//! day: a deadline is flagged when it runs past the loaded years, and a year without exceptions
+//! is still a year whose schedule is known. A file without `year` loads the years of its days.
+//!
 //! ```toml
 //! org_code = "350200000000"
 //! year = 2026
@@ -10,6 +14,8 @@
 //!   { date = 2026-10-10, kind = "workday", name = "国庆节调休" },
 //! ]
 //! ```
+
+use std::collections::BTreeSet;
 
 use chrono::{Datelike, NaiveDate, Weekday};
 use serde::Deserialize;
@@ -29,6 +35,13 @@ pub(crate) struct CalendarRow {
     pub date: NaiveDate,
     pub kind: DayKind,
     pub name: String,
+}
+
+/// The years a file loads for its org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CalendarYears {
+    pub org: OrgCode,
+    pub years: BTreeSet<i32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,10 +90,15 @@ fn validate(day: DayToml, org: OrgCode, year: Option<i32>) -> Result<CalendarRow
     })
 }
 
-pub(crate) fn parse(file_name: &str, text: &str, known: &Known) -> Parsed<CalendarRow> {
+/// The days of one file, and the years it loads (none when its org or year is refused).
+pub(crate) fn parse(
+    file_name: &str,
+    text: &str,
+    known: &Known,
+) -> (Parsed<CalendarRow>, Option<CalendarYears>) {
     let mut parsed = Parsed::new(file_name);
     let Some(mut file) = TomlFile::parse(&mut parsed, text) else {
-        return parsed.finish();
+        return (parsed.finish(), None);
     };
     let org = match file.take("org_code") {
         None => Err((1, "org_code is missing".to_owned())),
@@ -115,7 +133,7 @@ pub(crate) fn parse(file_name: &str, text: &str, known: &Known) -> Parsed<Calend
             parsed.problem(line, format!("{message}: no day imported"));
             parsed.rejected += rows.len();
             file.finish(&mut parsed);
-            return parsed.finish();
+            return (parsed.finish(), None);
         }
     };
     let mut days = Vec::new();
@@ -147,11 +165,20 @@ pub(crate) fn parse(file_name: &str, text: &str, known: &Known) -> Parsed<Calend
             None => parsed.rows.push(row),
         }
     }
-    parsed.finish()
+    let years = match year {
+        Some(year) => BTreeSet::from([year]),
+        None => parsed.rows.iter().map(|d| d.date.year()).collect(),
+    };
+    (parsed.finish(), Some(CalendarYears { org, years }))
 }
 
-/// Upserts the days of one file; returns the number of rows inserted or changed.
-pub(crate) async fn write(tx: &mut PgConnection, rows: &[CalendarRow]) -> Result<u64, sqlx::Error> {
+/// Upserts the days of one file and records its years; returns the number of rows inserted or
+/// changed.
+pub(crate) async fn write(
+    tx: &mut PgConnection,
+    rows: &[CalendarRow],
+    years: Option<&CalendarYears>,
+) -> Result<u64, sqlx::Error> {
     let orgs: Vec<&str> = rows.iter().map(|d| d.org.as_str()).collect();
     let days: Vec<NaiveDate> = rows.iter().map(|d| d.date).collect();
     let kinds: Vec<&str> = rows.iter().map(|d| d.kind.as_str()).collect();
@@ -168,7 +195,20 @@ pub(crate) async fn write(tx: &mut PgConnection, rows: &[CalendarRow]) -> Result
     .bind(&names)
     .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    let Some(years) = years else {
+        return Ok(done.rows_affected());
+    };
+    let list: Vec<i32> = years.years.iter().copied().collect();
+    let loaded = sqlx::query(
+        "INSERT INTO calendar_years (org_code, year)
+         SELECT $1, year FROM UNNEST($2::int4[]) AS y(year)
+         ON CONFLICT (org_code, year) DO NOTHING",
+    )
+    .bind(years.org.as_str())
+    .bind(&list)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() + loaded.rows_affected())
 }
 
 #[cfg(test)]
@@ -198,9 +238,16 @@ mod tests {
                     { date = 2026-10-01, kind = \"holiday\", name = \"国庆节\" },\n\
                     { date = \"2026-10-10\", kind = \"workday\", name = \"国庆节调休\" },\n\
                     { date = 2026-10-03, kind = \"holiday\", name = \"国庆节\" },\n]\n";
-        let parsed = parse("calendar-2026.toml", text, &known());
+        let (parsed, years) = parse("calendar-2026.toml", text, &known());
         assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
         assert_eq!(parsed.rows.len(), 3, "a weekend holiday is allowed");
+        assert_eq!(
+            years,
+            Some(CalendarYears {
+                org: "350200000000".parse().unwrap(),
+                years: BTreeSet::from([2026])
+            })
+        );
         assert_eq!(parsed.rows[1].line, 5);
         assert_eq!(parsed.rows[1].kind, DayKind::Workday);
         assert_eq!(
@@ -219,8 +266,13 @@ mod tests {
                     { date = 2026-10-02, kind = \"holiday\" },\n\
                     { date = 2026-10-02, kind = \"holiday\" },\n\
                     { kind = \"holiday\" },\n]\n";
-        let parsed = parse("calendar-2026.toml", text, &known());
+        let (parsed, years) = parse("calendar-2026.toml", text, &known());
         assert!(parsed.rows.is_empty());
+        assert_eq!(
+            years.unwrap().years,
+            BTreeSet::from([2026]),
+            "the year is loaded though every day was refused"
+        );
         let got = messages(&parsed);
         assert_eq!(
             got.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
@@ -236,11 +288,31 @@ mod tests {
     }
 
     #[test]
+    fn a_year_without_exceptions_is_loaded_and_without_a_year_the_days_say_which() {
+        let (parsed, years) = parse(
+            "calendar-2031.toml",
+            "org_code = \"350200000000\"\nyear = 2031\nday = []\n",
+            &known(),
+        );
+        assert!(parsed.rows.is_empty() && parsed.problems.is_empty());
+        assert_eq!(years.unwrap().years, BTreeSet::from([2031]));
+        let (_, years) = parse(
+            "calendar-extra.toml",
+            "org_code = \"350200000000\"\nday = [\n\
+             { date = 2026-10-01, kind = \"holiday\" },\n\
+             { date = 2027-10-01, kind = \"holiday\" },\n]\n",
+            &known(),
+        );
+        assert_eq!(years.unwrap().years, BTreeSet::from([2026, 2027]));
+    }
+
+    #[test]
     fn an_unknown_org_refuses_every_day() {
         let text =
             "org_code = \"350299000000\"\nday = [\n{ date = 2026-10-01, kind = \"holiday\" },\n]\n";
-        let parsed = parse("calendar-2026.toml", text, &known());
+        let (parsed, years) = parse("calendar-2026.toml", text, &known());
         assert!(parsed.rows.is_empty());
+        assert_eq!(years, None);
         assert_eq!(parsed.rejected, 1);
         assert_eq!(
             messages(&parsed),

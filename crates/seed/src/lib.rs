@@ -1,14 +1,16 @@
 //! The seed importer: loads the registry of a tier database (org tree, grids, departments,
-//! categories, workers, work calendar) from the files of `seeds/`.
+//! categories, time limits and skip-tier rules, workers, work calendar) from the files of `seeds/`.
 //!
 //! Files are loaded in dependency order, each in one transaction, with batched idempotent upserts
 //! (a second run changes nothing). Bad rows never stop the import: each is reported as a
 //! [`Problem`] with its file and line and skipped, and so are the rows that depend on it (the
 //! grids of a rejected community, the handler of a rejected department …). Only I/O and database
-//! failures are errors. Rows removed from the seeds are not deleted from the database.
+//! failures are errors. Rows removed from the seeds are not deleted from the database, except the
+//! rules of a rule file that imported without a problem (see `limits`).
 
 mod calendar;
 mod grids;
+mod limits;
 mod orgs;
 mod registry;
 mod source;
@@ -128,6 +130,8 @@ pub(crate) struct Known {
     grids: HashSet<GridCode>,
     departments: HashSet<String>,
     department_kinds: HashSet<String>,
+    /// Category codes (大类 and 小类) imported from categories.toml.
+    categories: HashSet<String>,
 }
 
 impl Known {
@@ -225,8 +229,8 @@ fn finish<T>(
 }
 
 /// Imports the seeds of `dir` into the database of `pool` (whose schema must be migrated):
-/// `orgs.csv`, `grids/*.geojson`, `departments.toml`, `categories.toml`, `workers.toml` and
-/// `calendar-*.toml`, in that order. Bad rows are reported in the [`Report`] and skipped; an
+/// `orgs.csv`, `grids/*.geojson`, `departments.toml`, `categories.toml`, `time-limits.toml`,
+/// `skip-tier.toml`, `workers.toml` and `calendar-*.toml`, in that order. Bad rows are reported in the [`Report`] and skipped; an
 /// unreadable file or a database failure stops the import (files already done stay committed).
 /// `progress` is `Send` so that the import can run in a spawned task.
 pub async fn import(
@@ -293,6 +297,36 @@ pub async fn import(
         &mut tx,
         &parsed.rows
     ));
+    known
+        .categories
+        .extend(parsed.rows.iter().map(|c| c.code.clone()));
+    report.files.push(finish(parsed, changed, progress));
+
+    // The rules of the command clock, which name categories.
+    let file = limits::TIME_LIMITS;
+    progress(Progress::Started {
+        file: file.to_owned(),
+    });
+    let parsed = limits::parse_time_limits(&read(dir, file)?, &known);
+    let prune = parsed.problems.is_empty();
+    let changed = in_transaction!(pool, file, |tx| limits::write_time_limits(
+        &mut tx,
+        &parsed.rows,
+        prune
+    ));
+    report.files.push(finish(parsed, changed, progress));
+
+    let file = limits::SKIP_TIER;
+    progress(Progress::Started {
+        file: file.to_owned(),
+    });
+    let parsed = limits::parse_skip_tier(&read(dir, file)?, &known);
+    let prune = parsed.problems.is_empty();
+    let changed = in_transaction!(pool, file, |tx| limits::write_skip_tier(
+        &mut tx,
+        &parsed.rows,
+        prune
+    ));
     report.files.push(finish(parsed, changed, progress));
 
     let file = registry::WORKERS;
@@ -309,8 +343,12 @@ pub async fn import(
     // Work calendars: one file per year (and per org, when an org keeps its own).
     for file in list(dir, "calendar-", ".toml")? {
         progress(Progress::Started { file: file.clone() });
-        let parsed = calendar::parse(&file, &read(dir, &file)?, &known);
-        let changed = in_transaction!(pool, &file, |tx| calendar::write(&mut tx, &parsed.rows));
+        let (parsed, years) = calendar::parse(&file, &read(dir, &file)?, &known);
+        let changed = in_transaction!(pool, &file, |tx| calendar::write(
+            &mut tx,
+            &parsed.rows,
+            years.as_ref()
+        ));
         report.files.push(finish(parsed, changed, progress));
     }
 

@@ -14,7 +14,7 @@ use wangge_seed::{Progress, import};
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Import the seed data (orgs, grids, departments, categories, workers, calendar) into a database"
+    about = "Import the seed data (orgs, grids, departments, categories, time limits, skip-tier rules, workers, calendar) into a database"
 )]
 struct Args {
     /// The database to seed (its schema is migrated first).

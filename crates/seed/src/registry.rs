@@ -1,5 +1,6 @@
 //! `departments.toml`, `categories.toml` and `workers.toml`: the functional departments (职能部门),
-//! the category trees (事件分类) with their time limits (时限), and the people of the platform.
+//! the category trees (事件分类), and the people of the platform. The time limits of the
+//! categories live in `time-limits.toml` (see `limits`).
 //!
 //! Each file is a TOML array of tables (`[[department]]`, `[[category]]`, `[[worker]]`, or the
 //! same key as an array of inline tables, one per line); unknown fields are refused, so a typo
@@ -159,9 +160,6 @@ pub(crate) async fn write_departments(
 
 // ---- categories ----
 
-/// The units of a time limit, as stored in `categories.*_limit_unit`.
-const UNITS: [&str; 3] = ["minutes", "working_hours", "working_days"];
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CategoryToml {
@@ -170,17 +168,6 @@ struct CategoryToml {
     parent: Option<String>,
     name: String,
     department_kind: String,
-    accept_limit: Option<i64>,
-    accept_limit_unit: Option<String>,
-    handle_limit: Option<i64>,
-    handle_limit_unit: Option<String>,
-}
-
-/// A time limit (时限): an amount and its unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Limit {
-    pub amount: i32,
-    pub unit: String,
 }
 
 /// One validated category node.
@@ -192,29 +179,6 @@ pub(crate) struct CategoryRow {
     pub name: String,
     pub parent: Option<String>,
     pub department_kind: String,
-    pub accept: Option<Limit>,
-    pub handle: Option<Limit>,
-}
-
-fn limit(field: &str, amount: Option<i64>, unit: Option<String>) -> Result<Option<Limit>, String> {
-    match (amount, unit) {
-        (None, None) => Ok(None),
-        (Some(amount), Some(unit)) => {
-            if !UNITS.contains(&unit.as_str()) {
-                return Err(format!(
-                    "unknown unit {unit:?} for {field} (expected one of {})",
-                    UNITS.join(", ")
-                ));
-            }
-            let amount = i32::try_from(amount)
-                .ok()
-                .filter(|&a| a > 0)
-                .ok_or_else(|| format!("{field} {amount} is not a positive whole number"))?;
-            Ok(Some(Limit { amount, unit }))
-        }
-        (Some(_), None) => Err(format!("{field} has no unit ({field}_unit)")),
-        (None, Some(_)) => Err(format!("{field}_unit without {field}")),
-    }
 }
 
 /// `szcg-01-02` → scheme `szcg`, parent `szcg-01`; `szcg-01` has no parent.
@@ -267,8 +231,6 @@ fn validate_category(c: CategoryToml, known: &Known) -> Result<CategoryRow, Stri
             "no department has kind {kind:?} (see departments.toml)"
         ));
     }
-    let accept = limit("accept_limit", c.accept_limit, c.accept_limit_unit)?;
-    let handle = limit("handle_limit", c.handle_limit, c.handle_limit_unit)?;
     Ok(CategoryRow {
         line: 0,
         code: c.code,
@@ -276,8 +238,6 @@ fn validate_category(c: CategoryToml, known: &Known) -> Result<CategoryRow, Stri
         name: c.name.trim().to_owned(),
         parent,
         department_kind: kind,
-        accept,
-        handle,
     })
 }
 
@@ -333,49 +293,21 @@ pub(crate) async fn write_categories(
     let names: Vec<&str> = rows.iter().map(|c| c.name.as_str()).collect();
     let parents: Vec<Option<&str>> = rows.iter().map(|c| c.parent.as_deref()).collect();
     let kinds: Vec<&str> = rows.iter().map(|c| c.department_kind.as_str()).collect();
-    let accept: Vec<Option<i32>> = rows
-        .iter()
-        .map(|c| c.accept.as_ref().map(|l| l.amount))
-        .collect();
-    let accept_unit: Vec<Option<&str>> = rows
-        .iter()
-        .map(|c| c.accept.as_ref().map(|l| l.unit.as_str()))
-        .collect();
-    let handle: Vec<Option<i32>> = rows
-        .iter()
-        .map(|c| c.handle.as_ref().map(|l| l.amount))
-        .collect();
-    let handle_unit: Vec<Option<&str>> = rows
-        .iter()
-        .map(|c| c.handle.as_ref().map(|l| l.unit.as_str()))
-        .collect();
     let done = sqlx::query(
-        "INSERT INTO categories (code, scheme, name, parent_code, department_kind,
-                                 accept_limit, accept_limit_unit, handle_limit, handle_limit_unit)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::int4[], $7::text[], $8::int4[], $9::text[])
+        "INSERT INTO categories (code, scheme, name, parent_code, department_kind)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
          ON CONFLICT (code) DO UPDATE SET
              scheme = EXCLUDED.scheme, name = EXCLUDED.name, parent_code = EXCLUDED.parent_code,
-             department_kind = EXCLUDED.department_kind,
-             accept_limit = EXCLUDED.accept_limit, accept_limit_unit = EXCLUDED.accept_limit_unit,
-             handle_limit = EXCLUDED.handle_limit, handle_limit_unit = EXCLUDED.handle_limit_unit
-         WHERE (categories.scheme, categories.name, categories.parent_code, categories.department_kind,
-                categories.accept_limit, categories.accept_limit_unit,
-                categories.handle_limit, categories.handle_limit_unit)
+             department_kind = EXCLUDED.department_kind
+         WHERE (categories.scheme, categories.name, categories.parent_code, categories.department_kind)
              IS DISTINCT FROM
-               (EXCLUDED.scheme, EXCLUDED.name, EXCLUDED.parent_code, EXCLUDED.department_kind,
-                EXCLUDED.accept_limit, EXCLUDED.accept_limit_unit,
-                EXCLUDED.handle_limit, EXCLUDED.handle_limit_unit)",
+               (EXCLUDED.scheme, EXCLUDED.name, EXCLUDED.parent_code, EXCLUDED.department_kind)",
     )
     .bind(&codes)
     .bind(&schemes)
     .bind(&names)
     .bind(&parents)
     .bind(&kinds)
-    .bind(&accept)
-    .bind(&accept_unit)
-    .bind(&handle)
-    .bind(&handle_unit)
     .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected())
@@ -639,55 +571,30 @@ colour = "blue"
         assert_eq!(parsed.problems[0].line, 3, "{:?}", parsed.problems);
     }
 
-    fn category(
-        code: &str,
-        parent: Option<&str>,
-        kind: &str,
-        accept: &str,
-        handle: &str,
-    ) -> String {
+    fn category(code: &str, parent: Option<&str>, kind: &str) -> String {
         let parent = parent
             .map(|p| format!("parent = \"{p}\"\n"))
             .unwrap_or_default();
         format!(
-            "[[category]]\ncode = \"{code}\"\n{parent}name = \"n\"\ndepartment_kind = \"{kind}\"\n{accept}\n{handle}\n\n"
+            "[[category]]\ncode = \"{code}\"\n{parent}name = \"n\"\ndepartment_kind = \"{kind}\"\n\n"
         )
     }
 
-    const ACCEPT: &str = "accept_limit = 30\naccept_limit_unit = \"minutes\"";
-    const HANDLE: &str = "handle_limit = 4\nhandle_limit_unit = \"working_hours\"";
-
     #[test]
-    fn categories_form_trees_per_scheme_with_limits() {
+    fn categories_form_trees_per_scheme() {
         let text = [
-            category("szcg-01", None, "城管", ACCEPT, HANDLE),
-            category("szcg-01-01", Some("szcg-01"), "市政", ACCEPT, HANDLE),
-            category("szcg-02-01", Some("szcg-02"), "市政", ACCEPT, HANDLE),
-            category("szcg-01-02", Some("szcg-02"), "市政", ACCEPT, HANDLE),
-            category("szcg-01-03", Some("szcg-01"), "环保", ACCEPT, HANDLE),
-            category(
-                "szcg-01-04",
-                Some("szcg-01"),
-                "城管",
-                ACCEPT,
-                "handle_limit = 4\nhandle_limit_unit = \"hours\"",
+            category("szcg-01", None, "城管"),
+            category("szcg-01-01", Some("szcg-01"), "市政"),
+            category("szcg-02-01", Some("szcg-02"), "市政"),
+            category("szcg-01-02", Some("szcg-02"), "市政"),
+            category("szcg-01-03", Some("szcg-01"), "环保"),
+            // Limits moved to time-limits.toml: the old keys are refused, not silently ignored.
+            format!(
+                "{}\nhandle_limit = 4\nhandle_limit_unit = \"working_hours\"\n\n",
+                category("szcg-01-04", Some("szcg-01"), "城管").trim_end()
             ),
-            category(
-                "szcg-01-05",
-                Some("szcg-01"),
-                "城管",
-                ACCEPT,
-                "handle_limit = 4",
-            ),
-            category(
-                "szcg-01-06",
-                Some("szcg-01"),
-                "城管",
-                ACCEPT,
-                "handle_limit = 0\nhandle_limit_unit = \"minutes\"",
-            ),
-            category("SZCG-7", None, "城管", ACCEPT, HANDLE),
-            category("shzl-01", None, "城管", "", ""),
+            category("SZCG-7", None, "城管"),
+            category("shzl-01", None, "城管"),
         ]
         .concat();
         let parsed = parse_categories(&text, &known());
@@ -696,33 +603,23 @@ colour = "blue"
         let leaf = &parsed.rows[2];
         assert_eq!(leaf.scheme, "szcg");
         assert_eq!(leaf.parent.as_deref(), Some("szcg-01"));
-        assert_eq!(
-            leaf.handle,
-            Some(Limit {
-                amount: 4,
-                unit: "working_hours".to_owned()
-            })
-        );
-        assert_eq!(parsed.rows[0].accept, None);
         let got: Vec<String> = messages(&parsed).into_iter().map(|(_, m)| m).collect();
-        assert_eq!(got.len(), 7, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
         assert!(got[0].contains("unknown parent szcg-02"), "{got:?}");
         assert!(got[1].contains("does not match code szcg-01-02"), "{got:?}");
         assert!(
             got[2].contains("no department has kind \"环保\""),
             "{got:?}"
         );
-        assert!(got[3].contains("unknown unit \"hours\""), "{got:?}");
-        assert!(got[4].contains("has no unit"), "{got:?}");
-        assert!(got[5].contains("not a positive whole number"), "{got:?}");
-        assert!(got[6].contains("malformed category code"), "{got:?}");
+        assert!(got[3].contains("unknown field `handle_limit`"), "{got:?}");
+        assert!(got[4].contains("malformed category code"), "{got:?}");
     }
 
     #[test]
     fn minor_classes_of_a_refused_major_class_are_refused() {
         let text = [
-            category("szcg-01", None, "环保", ACCEPT, HANDLE),
-            category("szcg-01-01", Some("szcg-01"), "市政", ACCEPT, HANDLE),
+            category("szcg-01", None, "环保"),
+            category("szcg-01-01", Some("szcg-01"), "市政"),
         ]
         .concat();
         let parsed = parse_categories(&text, &known());

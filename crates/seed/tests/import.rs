@@ -9,9 +9,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::NaiveDate;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
+use wangge_domain::clock::Limit;
+use wangge_domain::limits::{Stage, Urgency};
+use wangge_proto as pb;
 use wangge_seed::{Progress, Report, import, interior_point, load_grids};
+use wangge_store::{registry, rules};
 
 fn seeds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../seeds")
@@ -52,8 +57,12 @@ async fn table_counts(pool: &PgPool) -> Vec<i64> {
         "grids",
         "departments",
         "categories",
+        "time_limits",
+        "extension_limits",
+        "skip_tier_rules",
         "workers",
         "calendar_days",
+        "calendar_years",
     ] {
         counts.push(count(pool, &format!("SELECT count(*) FROM {table}")).await);
     }
@@ -82,6 +91,8 @@ async fn check(pool: &PgPool) {
             "grids/350205000000.geojson",
             "departments.toml",
             "categories.toml",
+            "time-limits.toml",
+            "skip-tier.toml",
             "workers.toml",
             "calendar-2026.toml"
         ]
@@ -177,13 +188,17 @@ async fn check(pool: &PgPool) {
     // Nothing else was refused.
     for file in &first.files[1..] {
         assert_eq!(file.rejected, 0, "{}", file.file);
+        // A calendar file also records its year as loaded.
+        let year = u64::from(file.file.starts_with("calendar-"));
         assert_eq!(
-            file.changed, file.imported as u64,
+            file.changed,
+            file.imported as u64 + year,
             "{}: a first import inserts every row",
             file.file
         );
     }
     let before = table_counts(pool).await;
+    check_rules(pool, &first).await;
 
     // A second import: same report, nothing changed.
     let (second, _) = run_import(pool).await;
@@ -195,6 +210,172 @@ async fn check(pool: &PgPool) {
         assert_eq!(b.changed, 0, "{}", b.file);
     }
     assert_eq!(table_counts(pool).await, before);
+
+    check_rule_files_are_followed(pool).await;
+    check_calendars_inherit(pool).await;
+}
+
+fn day(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+/// The rules of the command clock, as the store loads them.
+async fn check_rules(pool: &PgPool, report: &Report) {
+    let limits = report.file("time-limits.toml").unwrap();
+    let (rules_in_db, extensions_in_db) = (
+        count(pool, "SELECT count(*) FROM time_limits").await,
+        count(pool, "SELECT count(*) FROM extension_limits").await,
+    );
+    assert_eq!((rules_in_db + extensions_in_db) as usize, limits.imported);
+    let skips = report.file("skip-tier.toml").unwrap();
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM skip_tier_rules").await as usize,
+        skips.imported
+    );
+
+    let rules = rules::limit_rules(pool).await.unwrap();
+    assert_eq!(rules.rules().len() as i64, rules_in_db);
+    assert_eq!(rules.extensions().len() as i64, extensions_in_db);
+    let normal = Urgency::Normal;
+    assert_eq!(
+        rules.limit_for(Stage::Handle, "szcg-01-01", normal),
+        Some(Limit::working_hours(4)),
+        "暴露垃圾"
+    );
+    assert_eq!(
+        rules.limit_for(Stage::Handle, "szcg-02-02", normal),
+        Some(Limit::working_days(5)),
+        "the department default"
+    );
+    assert_eq!(
+        rules.limit_for(Stage::Accept, "szcg-01-01", Urgency::Emergency),
+        Some(Limit::minutes(5))
+    );
+    assert_eq!(
+        rules.limit_for(Stage::Check, "shzl-01-02", normal),
+        Some(Limit::working_hours(1))
+    );
+    assert!(rules.limit_for(Stage::Case, "shzl-01-02", normal).is_some());
+    assert_eq!(
+        rules.standard_extension("szcg-01-01"),
+        Some(Limit::working_hours(4))
+    );
+    assert_eq!(
+        rules.standard_extension("szcg-04-01"),
+        Some(Limit::working_days(1)),
+        "路面塌陷 takes 突发事件's"
+    );
+    assert_eq!(
+        rules.standard_extension("shzl-03-01"),
+        Some(Limit::working_days(5))
+    );
+
+    let skip = rules::skip_rules(pool).await.unwrap();
+    assert_eq!(skip.rules().len(), skips.imported);
+    assert!(
+        skip.skips_street("szcg-04-04", Urgency::Urgent),
+        "燃气管道泄漏"
+    );
+    assert!(!skip.skips_street("szcg-04-04", Urgency::Normal));
+    assert!(skip.skips_street("szcg-04-01", Urgency::Emergency));
+    assert!(skip.skips_street("shzl-02-05", normal), "群体性事件");
+    assert!(!skip.skips_street("szcg-01-01", Urgency::Emergency));
+
+    // The registry shows a category's limits from the rules: a normal case's.
+    let categories = registry::categories(pool, Some("szcg")).await.unwrap();
+    let garbage = categories.iter().find(|c| c.code == "szcg-01-01").unwrap();
+    let limit = |amount, unit: pb::TimeUnit| {
+        Some(pb::TimeLimit {
+            amount,
+            unit: unit as i32,
+        })
+    };
+    assert_eq!(garbage.accept_limit, limit(20, pb::TimeUnit::Minutes));
+    assert_eq!(garbage.handle_limit, limit(4, pb::TimeUnit::WorkingHours));
+    let lamps = categories.iter().find(|c| c.code == "szcg-06-01").unwrap();
+    assert_eq!(lamps.handle_limit, limit(1, pb::TimeUnit::WorkingDays));
+}
+
+/// A rule deleted from a clean rule file is deleted from the database; one the file still has is
+/// corrected.
+async fn check_rule_files_are_followed(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO time_limits (stage, category_code, urgency, amount, unit)
+         VALUES ('handle', 'szcg-01-01', 'urgent', 1, 'working_hours')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE extension_limits SET amount = 9 WHERE category_code IS NULL")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO skip_tier_rules (category_code, urgency) VALUES ('szcg-01', 'normal')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (again, _) = run_import(pool).await;
+    assert_eq!(again.file("time-limits.toml").unwrap().changed, 2);
+    assert_eq!(again.file("skip-tier.toml").unwrap().changed, 1);
+    let rules = rules::limit_rules(pool).await.unwrap();
+    assert_eq!(
+        rules.limit_for(Stage::Handle, "szcg-01-01", Urgency::Urgent),
+        Some(Limit::working_hours(4))
+    );
+    assert_eq!(
+        rules.standard_extension("shzl-03-01"),
+        Some(Limit::working_days(5))
+    );
+    let skip = rules::skip_rules(pool).await.unwrap();
+    assert!(!skip.skips_street("szcg-01-01", Urgency::Normal));
+}
+
+/// A community's calendar: the city's, overridden by its district's, street's and its own.
+async fn check_calendars_inherit(pool: &PgPool) {
+    // 霞阳社区 of 新阳街道, 海沧区.
+    let community = "350205002006";
+    let calendar = rules::calendar_for(pool, community).await.unwrap();
+    assert!(!calendar.is_working_day(day("2026-10-01")), "国庆节");
+    assert!(calendar.is_working_day(day("2026-10-10")), "国庆节调休");
+    assert!(calendar.is_working_day(day("2026-11-25")));
+    assert_eq!(calendar.covered_until(), Some(day("2026-12-31")));
+    assert_eq!(calendar.years().iter().copied().collect::<Vec<_>>(), [2026]);
+
+    // The street works on Oct 2 (its own entry beats the city's), the district rests on Nov 25,
+    // and the community itself rests on Oct 10 (beating the city's make-up day).
+    sqlx::query(
+        "INSERT INTO calendar_days (org_code, day, kind, name) VALUES
+             ('350205002000', '2026-10-02', 'workday', 'test'),
+             ('350205000000', '2026-11-25', 'holiday', 'test'),
+             ('350205002006', '2026-10-10', 'holiday', 'test')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO calendar_years (org_code, year) VALUES ('350205000000', 2027)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let calendar = rules::calendar_for(pool, community).await.unwrap();
+    assert!(calendar.is_working_day(day("2026-10-02")));
+    assert!(!calendar.is_working_day(day("2026-11-25")));
+    assert!(!calendar.is_working_day(day("2026-10-10")));
+    assert!(
+        !calendar.is_working_day(day("2026-10-01")),
+        "still the city's"
+    );
+    assert_eq!(calendar.covered_until(), Some(day("2027-12-31")));
+
+    // Another street of the district shares the district's day only; another district none.
+    let other_street = rules::calendar_for(pool, "350205001001").await.unwrap();
+    assert!(!other_street.is_working_day(day("2026-10-02")));
+    assert!(!other_street.is_working_day(day("2026-11-25")));
+    assert!(other_street.is_working_day(day("2026-10-10")));
+    let siming = rules::calendar_for(pool, "350203001001").await.unwrap();
+    assert!(siming.is_working_day(day("2026-11-25")));
+    assert_eq!(siming.covered_until(), Some(day("2026-12-31")));
 }
 
 #[tokio::test]

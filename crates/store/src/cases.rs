@@ -212,7 +212,7 @@ pub struct Filter {
     /// Only cases held by this tier.
     pub owner_tier: Option<String>,
     pub department: Option<String>,
-    /// Only cases in CHECKING with a pending check.
+    /// Only the field's tasks: cases in CHECKING with a pending check, or in VERIFYING.
     pub pending_check: bool,
     /// Cases with an id above this one (ids are UUIDv7, so in report order).
     pub after: Option<Uuid>,
@@ -226,7 +226,7 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
            AND (cardinality($2::text[]) = 0 OR state = ANY($2))
            AND ($3::text IS NULL OR owner_tier = $3)
            AND ($4::text IS NULL OR department = $4)
-           AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending'))
+           AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')
            AND ($6::uuid IS NULL OR id > $6)
          ORDER BY id
          LIMIT $7",

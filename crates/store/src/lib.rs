@@ -2,10 +2,12 @@
 //! its scope in its own database, with the same schema (`migrations/`).
 
 pub mod cases;
+pub mod evaluation;
 pub mod intake;
 pub mod outbox;
 pub mod registry;
 pub mod replication;
+pub mod rules;
 pub mod sync;
 
 use sqlx::migrate::Migrator;

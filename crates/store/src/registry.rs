@@ -1,12 +1,16 @@
-//! Reads of the registry (org tree, grids, categories, departments, workers), as seeded.
+//! Reads of the registry (org tree, grids, categories, departments, workers), as seeded. The
+//! limits shown with a category come from the time-limit rules (`rules`).
 //!
 //! Rows decode into `FromRow` structs: a column that drifted (renamed, retyped) is an error of the
 //! query, not a panic in the middle of a request.
 
 use sqlx::PgPool;
+use wangge_domain::clock::{Limit, LimitUnit};
+use wangge_domain::limits::{LimitRules, Stage};
 use wangge_proto as pb;
 
 use crate::Result;
+use crate::rules::limit_rules;
 
 fn level(name: &str) -> pb::OrgLevel {
     match name {
@@ -96,20 +100,16 @@ pub async fn grids(pool: &PgPool, prefix: &str) -> Result<Vec<GridRow>> {
         .collect())
 }
 
-fn unit(name: Option<&str>) -> pb::TimeUnit {
-    match name {
-        Some("minutes") => pb::TimeUnit::Minutes,
-        Some("working_hours") => pb::TimeUnit::WorkingHours,
-        Some("working_days") => pb::TimeUnit::WorkingDays,
-        _ => pb::TimeUnit::Unspecified,
+fn time_limit(limit: Limit) -> pb::TimeLimit {
+    let unit = match limit.unit {
+        LimitUnit::Minutes => pb::TimeUnit::Minutes,
+        LimitUnit::WorkingHours => pb::TimeUnit::WorkingHours,
+        LimitUnit::WorkingDays => pb::TimeUnit::WorkingDays,
+    };
+    pb::TimeLimit {
+        amount: limit.amount,
+        unit: unit as i32,
     }
-}
-
-fn limit(amount: Option<i32>, unit_name: Option<&str>) -> Option<pb::TimeLimit> {
-    amount.map(|a| pb::TimeLimit {
-        amount: a.max(0) as u32,
-        unit: unit(unit_name) as i32,
-    })
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -119,36 +119,43 @@ struct CategoryRow {
     name: String,
     parent_code: Option<String>,
     department_kind: String,
-    accept_limit: Option<i32>,
-    accept_limit_unit: Option<String>,
-    handle_limit: Option<i32>,
-    handle_limit_unit: Option<String>,
 }
 
-impl From<CategoryRow> for pb::Category {
-    fn from(r: CategoryRow) -> pb::Category {
+impl CategoryRow {
+    /// The category with the limits of a normal case of it, from the time-limit rules (the
+    /// category's own, else its 大类's, else the default), so the registry shows what the clock
+    /// will count.
+    fn into_category(self, rules: &LimitRules) -> pb::Category {
+        let limit = |stage| {
+            rules
+                .limit_for(stage, &self.code, pb::Urgency::Normal)
+                .map(time_limit)
+        };
         pb::Category {
-            accept_limit: limit(r.accept_limit, r.accept_limit_unit.as_deref()),
-            handle_limit: limit(r.handle_limit, r.handle_limit_unit.as_deref()),
-            code: r.code,
-            scheme: r.scheme,
-            name: r.name,
-            parent_code: r.parent_code.unwrap_or_default(),
-            department_kind: r.department_kind,
+            accept_limit: limit(Stage::Accept),
+            handle_limit: limit(Stage::Handle),
+            code: self.code,
+            scheme: self.scheme,
+            name: self.name,
+            parent_code: self.parent_code.unwrap_or_default(),
+            department_kind: self.department_kind,
         }
     }
 }
 
 pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::Category>> {
     let rows = sqlx::query_as::<_, CategoryRow>(
-        "SELECT code, scheme, name, parent_code, department_kind, accept_limit, accept_limit_unit,
-                handle_limit, handle_limit_unit
+        "SELECT code, scheme, name, parent_code, department_kind
          FROM categories WHERE ($1::text IS NULL OR scheme = $1) ORDER BY code",
     )
     .bind(scheme)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(pb::Category::from).collect())
+    let rules = limit_rules(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| row.into_category(&rules))
+        .collect())
 }
 
 pub async fn category_exists(pool: &PgPool, code: &str) -> Result<bool> {

@@ -32,6 +32,8 @@ pub struct Operations {
     pub reconciliation: Arc<Mutex<reconcile::Report>>,
     /// What the health service says now.
     pub serving: Arc<AtomicBool>,
+    /// What the automatic 督办 scans have done.
+    pub supervision: Arc<Mutex<crate::supervise::ScanReport>>,
 }
 
 /// How long each source of the status may take.
@@ -41,6 +43,9 @@ const UNPUBLISHED_FOR: f64 = 60.0;
 const UNCONFIRMED_FOR: f64 = 300.0;
 const PARKED_FOR: f64 = 60.0;
 const CONSUMER_BEHIND: u64 = 10_000;
+/// How long before the loaded calendar ends that its end is a warning: the State Council
+/// announces next year's holidays in November or December.
+const CALENDAR_NOTICE_DAYS: i64 = 45;
 
 /// `wangge.v1.AdminService`.
 #[derive(Debug, Clone)]
@@ -66,6 +71,65 @@ async fn within<T: Default>(
 }
 
 impl Admin {
+    /// The command clock's part of the status: a failing scan is a problem; deadlines past the
+    /// loaded calendar, or a calendar about to end, are warnings (the figures are still computed,
+    /// on ordinary weekdays, until next year's calendar is loaded).
+    fn clock(&self, problems: &mut Vec<String>) -> (pb::CommandClock, Vec<String>) {
+        let engine = &self.0.engine;
+        let rules = engine.rules();
+        let until = rules.fallback.covered_until();
+        let scans = self
+            .0
+            .ops
+            .supervision
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let last = scans.last.unwrap_or_default();
+        let mut warnings = Vec::new();
+        if let Some(error) = &scans.last_error {
+            problems.push(format!("supervision: the scan fails: {error}"));
+        }
+        let today = engine
+            .now()
+            .with_timezone(
+                &chrono::FixedOffset::east_opt(8 * 3600)
+                    .unwrap_or_else(|| unreachable!("8 h is a valid offset")),
+            )
+            .date_naive();
+        match until {
+            None => warnings.push(
+                "calendar: no work calendar is loaded; working time counts Monday to Friday"
+                    .to_owned(),
+            ),
+            Some(until) if until - today < chrono::Duration::days(CALENDAR_NOTICE_DAYS) => warnings
+                .push(format!(
+                    "calendar: the loaded work calendar ends {until}; load next year's \
+                     (seeds/README.md)"
+                )),
+            Some(_) => {}
+        }
+        if last.beyond_calendar > 0 {
+            warnings.push(format!(
+                "calendar: {} open cases have deadlines past {}, counted on ordinary weekdays",
+                last.beyond_calendar,
+                until.map_or_else(|| "any loaded calendar".to_owned(), |d| d.to_string())
+            ));
+        }
+        let clock = pb::CommandClock {
+            calendar_until: until.map(|d| d.to_string()).unwrap_or_default(),
+            limit_rules: rules.limits.rules().len() as u32,
+            open_cases: last.cases as u64,
+            beyond_calendar: last.beyond_calendar as u64,
+            supervisions_raised: scans.raised_total,
+            last_scan_seconds_ago: scans
+                .last_finished
+                .map_or(-1.0, |at| at.elapsed().as_secs_f64()),
+            last_scan_error: scans.last_error.unwrap_or_default(),
+        };
+        (clock, warnings)
+    }
+
     async fn status(&self) -> pb::TierStatus {
         let engine = &self.0.engine;
         let ops = &self.0.ops;
@@ -194,6 +258,7 @@ impl Admin {
         if let Some(error) = &report.sweep_error {
             problems.push(format!("parked events: the sweep fails: {error}"));
         }
+        let (clock, warnings) = self.clock(&mut problems);
 
         pb::TierStatus {
             tier: engine.tier() as i32,
@@ -247,6 +312,8 @@ impl Admin {
             serving,
             nats_connected,
             problems,
+            clock: Some(clock),
+            warnings,
         }
     }
 }
@@ -282,9 +349,54 @@ impl pb::admin_service_server::AdminService for Admin {
                 "grids could not be reloaded, the old ones stay: {error}"
             ))
         })?;
-        tracing::info!(actor = %who.id, grids, tier = tier_name(self.0.engine.tier()), "grids reloaded");
+        // The rules follow the grids: the calendars are per community of the new grids.
+        self.0.engine.reload_rules().await.map_err(|error| {
+            tracing::error!(%error, "time-limit reload failed");
+            Status::failed_precondition(format!(
+                "time limits and calendars could not be reloaded, the old ones stay: {error}"
+            ))
+        })?;
+        let rules = self.0.engine.rules();
+        tracing::info!(
+            actor = %who.id,
+            grids,
+            limit_rules = rules.limits.rules().len(),
+            calendars = rules.calendars.len(),
+            tier = tier_name(self.0.engine.tier()),
+            "grids, time limits and calendars reloaded"
+        );
         Ok(Response::new(pb::ReloadGridsResponse {
             grids: grids as u32,
+            limit_rules: rules.limits.rules().len() as u32,
+            calendars: rules.calendars.len() as u32,
+        }))
+    }
+
+    async fn advance_clock(
+        &self,
+        request: Request<pb::AdvanceClockRequest>,
+    ) -> Result<Response<pb::AdvanceClockResponse>, Status> {
+        let who = self.operator(&request)?.actor();
+        let seconds = request.get_ref().seconds;
+        const MAX_SECONDS: i64 = 400 * 24 * 3600;
+        if !(1..=MAX_SECONDS).contains(&seconds) {
+            return Err(Error::invalid(
+                "seconds",
+                format!("{seconds} is not between 1 and {MAX_SECONDS} (400 days)"),
+            )
+            .into());
+        }
+        let engine = &self.0.engine;
+        if !engine.advance_time(chrono::Duration::seconds(seconds)) {
+            return Err(Status::failed_precondition(
+                "this tier runs on the machine's clock; only a tier started with \
+                 clock.virtual_time (demos, tests) moves it",
+            ));
+        }
+        let now = engine.now();
+        tracing::warn!(actor = %who.id, seconds, now = %now, "virtual clock moved forward");
+        Ok(Response::new(pb::AdvanceClockResponse {
+            now: Some(crate::engine::wire_time(now)),
         }))
     }
 }

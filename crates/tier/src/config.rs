@@ -47,6 +47,33 @@ pub struct Config {
     pub tls: TlsConfig,
     /// What the village looks for when it takes a report.
     pub intake: IntakeConfig,
+    /// The command clock: how often the automatic 督办 scan runs.
+    pub clock: ClockConfig,
+}
+
+/// The command clock (时限, 督办).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClockConfig {
+    /// How often the tier looks for cases whose stage crossed yellow or red (automatic 督办).
+    pub supervise_every_secs: u64,
+    /// Lets an admin move this tier's clock forward (`AdminService/AdvanceClock`), so a demo
+    /// shows days of deadlines in seconds. For demos and tests only: never in production.
+    pub virtual_time: bool,
+    /// Where the tier reads the time; unset, the machine's clock. Not configurable from a file:
+    /// tests inject a clock they can move.
+    #[serde(skip)]
+    pub time: Option<crate::time::Time>,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            supervise_every_secs: 30,
+            virtual_time: false,
+            time: None,
+        }
+    }
 }
 
 /// Intake: the duplicates (疑似重复) a new report is checked against.
@@ -301,6 +328,7 @@ impl Config {
             nats_auth: NatsAuthConfig::default(),
             tls: TlsConfig::default(),
             intake: IntakeConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 }

@@ -11,9 +11,13 @@ use wangge_store::{cases, registry};
 use crate::engine::Action;
 use crate::policy::{Grant, Right, authorize, caller};
 use crate::query::state_names;
-use crate::request::{CaseAction, DepartmentAction, Dispatch, NoteKind};
+use crate::request::{
+    CaseAction, Decision, DelayAsk, DepartmentAction, Dispatch, Merge, NoteKind, Supervision,
+};
 use crate::validate;
-use crate::watch::{UpdateStream, existing, snapshot, state_matches, watch};
+use crate::watch::{
+    UpdateStream, by_urgency_then_time_left, existing, snapshot, state_matches, watch,
+};
 use crate::{Error, Shared};
 
 /// Mounts what a command center serves (the street's or the district's): its console and its
@@ -77,6 +81,73 @@ impl Console {
             .await?;
         Ok(Response::new(case))
     }
+}
+
+impl Console {
+    /// A decision on a pending request: `approved` or `denied` (with the reason) builds the event;
+    /// `may_decide` checks, on the case as locked, that the decider's role suffices.
+    async fn decide(
+        &self,
+        request: Request<pb::DecisionRequest>,
+        right: Right,
+        may_decide: impl FnOnce(&Grant, &pb::Case) -> Result<(), Error>,
+        approved: impl FnOnce(&pb::Case) -> Kind,
+        denied: impl FnOnce(String) -> Kind,
+    ) -> Result<Response<pb::Case>, Status> {
+        let grant = self.grant(&request, right)?;
+        let Decision { action, approve } = Decision::try_from(request.into_inner())?;
+        let reason = action.note.as_str().to_owned();
+        let step = Action {
+            actor: grant.actor(),
+            note: action.note,
+            attachments: action.attachments,
+        };
+        let case = self
+            .0
+            .engine
+            .act(action.case_id, step, |case| {
+                grant.check_case(case)?;
+                may_decide(&grant, case)?;
+                Ok(if approve {
+                    approved(case)
+                } else {
+                    denied(reason)
+                })
+            })
+            .await?;
+        Ok(Response::new(case))
+    }
+}
+
+/// Whether an extension needs the center's leader rather than the duty chief: a second one, or
+/// one longer than the category's standard extension (or any, where the category has none).
+pub fn extension_needs_leader(
+    case: &pb::Case,
+    standard: Option<wangge_domain::clock::Limit>,
+    working_day: chrono::Duration,
+) -> bool {
+    let Some(asked) = case.requested_extension else {
+        return false;
+    };
+    if !case.extensions.is_empty() {
+        return true;
+    }
+    let Some(standard) = standard else {
+        return true;
+    };
+    let nominal = |amount: u32, unit: wangge_domain::clock::LimitUnit| {
+        use wangge_domain::clock::LimitUnit;
+        let amount = i64::from(amount);
+        match unit {
+            LimitUnit::Minutes => chrono::Duration::minutes(amount),
+            LimitUnit::WorkingHours => chrono::Duration::hours(amount),
+            LimitUnit::WorkingDays => working_day * amount as i32,
+        }
+    };
+    let Some(asked_unit) = crate::clocks::unit_of(asked.unit()) else {
+        return true;
+    };
+    nominal(asked.amount, asked_unit) > nominal(standard.amount, standard.unit)
 }
 
 #[tonic::async_trait]
@@ -227,6 +298,190 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         })
         .await
     }
+
+    async fn request_verification(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, Right::Accept, NoteKind::Remark, |case, _| {
+            Kind::VerifyRequested(pb::VerifyRequested {
+                community_code: case.community_code.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn request_void(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, Right::Accept, NoteKind::Reason, |_, note| {
+            Kind::VoidRequested(pb::VoidRequested {
+                reason: note.to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn decide_void(
+        &self,
+        request: Request<pb::DecisionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.decide(
+            request,
+            Right::Approve,
+            |_, _| Ok(()),
+            |_| Kind::VoidApproved(pb::VoidApproved {}),
+            |reason| Kind::VoidDenied(pb::VoidDenied { reason }),
+        )
+        .await
+    }
+
+    async fn decide_return(
+        &self,
+        request: Request<pb::DecisionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.decide(
+            request,
+            Right::Approve,
+            |_, _| Ok(()),
+            |_| Kind::ReturnApproved(pb::ReturnApproved {}),
+            |reason| Kind::ReturnDenied(pb::ReturnDenied { reason }),
+        )
+        .await
+    }
+
+    async fn decide_delay(
+        &self,
+        request: Request<pb::DecisionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let rules = self.0.engine.rules();
+        self.decide(
+            request,
+            Right::Approve,
+            |grant, case| {
+                let standard = rules.standard_extension(&case.category_code);
+                let day = rules.working_day(&case.community_code);
+                if grant.role() != pb::Role::Leader && extension_needs_leader(case, standard, day) {
+                    return Err(Error::PermissionDenied(
+                        "a second extension, or one longer than the category's standard \
+                         extension, is decided by the center's leader"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            },
+            |case| {
+                Kind::DelayApproved(pb::DelayApproved {
+                    extension: case.requested_extension,
+                })
+            },
+            |reason| Kind::DelayDenied(pb::DelayDenied { reason }),
+        )
+        .await
+    }
+
+    async fn decide_hang(
+        &self,
+        request: Request<pb::DecisionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.decide(
+            request,
+            Right::Lead,
+            |_, _| Ok(()),
+            |_| Kind::HangApproved(pb::HangApproved {}),
+            |reason| Kind::HangDenied(pb::HangDenied { reason }),
+        )
+        .await
+    }
+
+    async fn resume_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, Right::Accept, NoteKind::Remark, |_, _| {
+            Kind::Resumed(pb::Resumed {})
+        })
+        .await
+    }
+
+    async fn reopen_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, Right::Approve, NoteKind::Reason, |_, note| {
+            Kind::Reopened(pb::Reopened {
+                reason: note.to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn archive_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, Right::Approve, NoteKind::Reason, |_, note| {
+            Kind::Archived(pb::Archived {
+                reason: note.to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn merge_case(
+        &self,
+        request: Request<pb::MergeCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let grant = self.grant(&request, Right::Accept)?;
+        let Merge { action, into } = Merge::try_from(request.into_inner())?;
+        let step = Action {
+            actor: grant.actor(),
+            note: action.note,
+            attachments: action.attachments,
+        };
+        let case = self
+            .0
+            .engine
+            .merge(action.case_id, into, step, |case| grant.check_case(case))
+            .await?;
+        Ok(Response::new(case))
+    }
+
+    async fn supervise_case(
+        &self,
+        request: Request<pb::SuperviseCaseRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let grant = self.grant(&request, Right::Supervise)?;
+        let Supervision { action, level } = Supervision::try_from(request.into_inner())?;
+        let step = Action {
+            actor: grant.actor(),
+            note: action.note,
+            attachments: action.attachments,
+        };
+        let case = self
+            .0
+            .engine
+            .act(action.case_id, step, |case| {
+                grant.check_case(case)?;
+                let stage =
+                    wangge_domain::limits::Stage::of_state(case.state()).ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "case {} is {}: no stage runs to supervise",
+                            case.id,
+                            wangge_domain::case::state_name(case.state())
+                        ))
+                    })?;
+                Ok(Kind::Supervised(pb::Supervised {
+                    level: level as i32,
+                    stage: wangge_domain::case::stage_of(stage) as i32,
+                    automatic: false,
+                    stage_started_at: case.stage_started_at,
+                }))
+            })
+            .await?;
+        Ok(Response::new(case))
+    }
 }
 
 /// `wangge.v1.DepartmentService`.
@@ -290,15 +545,25 @@ impl pb::department_service_server::DepartmentService for Departments {
         let department = self.department(&code).await?;
         let engine = &self.0.engine;
         let filter = cases::Filter {
-            states: vec!["dispatched".into(), "in_progress".into()],
+            states: vec![
+                "dispatched".into(),
+                "in_progress".into(),
+                "delay_requested".into(),
+                "hang_requested".into(),
+                "hung".into(),
+            ],
             grid_prefixes: vec![engine.scope().prefix().to_owned()],
             department: Some(department.code),
             limit: 1000,
             ..Default::default()
         };
-        let cases = cases::list(engine.pool(), &filter)
+        let mut cases: Vec<pb::Case> = cases::list(engine.pool(), &filter)
             .await
-            .map_err(Error::from)?;
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|case| engine.with_clocks(case))
+            .collect();
+        by_urgency_then_time_left(&mut cases);
         Ok(Response::new(pb::ListAssignedResponse { cases }))
     }
 
@@ -333,6 +598,52 @@ impl pb::department_service_server::DepartmentService for Departments {
             Kind::Handled(pb::Handled {
                 department_code,
                 result,
+            })
+        })
+        .await
+    }
+
+    async fn request_delay(
+        &self,
+        request: Request<pb::DelayRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let grant = authorize(caller(&request)?, Right::Handle, self.0.engine.tier())?;
+        let DelayAsk { action, extension } = DelayAsk::try_from(request.into_inner())?;
+        let DepartmentAction {
+            action,
+            department_code,
+        } = action;
+        grant.check_department(&department_code)?;
+        let department = self.department(&department_code).await?;
+        let kind = Kind::DelayRequested(pb::DelayRequested {
+            department_code: department.code,
+            extension: Some(extension),
+            reason: action.note.as_str().to_owned(),
+        });
+        let step = Action {
+            actor: grant.actor(),
+            note: action.note,
+            attachments: action.attachments,
+        };
+        Ok(Response::new(
+            self.0
+                .engine
+                .act(action.case_id, step, |case| {
+                    grant.check_case(case)?;
+                    Ok(kind)
+                })
+                .await?,
+        ))
+    }
+
+    async fn request_hang(
+        &self,
+        request: Request<pb::DepartmentActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        self.act(request, NoteKind::Reason, |department_code, reason| {
+            Kind::HangRequested(pb::HangRequested {
+                department_code,
+                reason,
             })
         })
         .await

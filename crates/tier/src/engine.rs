@@ -7,7 +7,7 @@
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use chrono::{FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -22,9 +22,11 @@ use wangge_proto::case_event::Kind;
 use wangge_store::{cases, intake, outbox};
 
 use crate::Error;
+use crate::clocks::{self, Rules};
 use crate::config::IntakeConfig;
 use crate::policy::Grant;
 use crate::request::NewReport;
+use crate::time::{SystemTime, Time};
 use crate::validate::{Attachments, Note};
 
 /// The tier's case engine, shared by its gRPC services and its bus consumer.
@@ -43,6 +45,10 @@ pub struct Engine {
     max_event_bytes: usize,
     /// What a new report is checked against for duplicates.
     intake: IntakeConfig,
+    /// Where the engine reads the time (injected: tests and the demo move it).
+    time: Time,
+    /// Time limits, skip-tier rules and calendars; swapped whole on reload.
+    rules: RwLock<Arc<Rules>>,
 }
 
 /// At most this many duplicate candidates travel with a report, the nearest.
@@ -57,19 +63,18 @@ pub struct Action {
     pub attachments: Attachments,
 }
 
-fn now() -> prost_types::Timestamp {
-    let now = Utc::now();
+pub(crate) fn wire_time(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: now.timestamp_subsec_nanos() as i32,
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
     }
 }
 
 /// Case numbers count days in China Standard Time.
-fn china_today() -> chrono::NaiveDate {
+fn china_day(at: DateTime<Utc>) -> chrono::NaiveDate {
     let offset = FixedOffset::east_opt(8 * 3600)
         .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
-    Utc::now().with_timezone(&offset).date_naive()
+    at.with_timezone(&offset).date_naive()
 }
 
 pub fn parse_case_id(id: &str) -> Result<Uuid, Error> {
@@ -98,6 +103,8 @@ impl Engine {
             peers,
             max_event_bytes,
             intake: IntakeConfig::default(),
+            time: Arc::new(SystemTime),
+            rules: RwLock::new(Arc::new(Rules::default())),
         }
     }
 
@@ -105,6 +112,46 @@ impl Engine {
     pub fn with_intake(mut self, intake: IntakeConfig) -> Engine {
         self.intake = intake;
         self
+    }
+
+    /// The same engine reading the time from `time`.
+    pub fn with_time(mut self, time: Time) -> Engine {
+        self.time = time;
+        self
+    }
+
+    /// The same engine with `rules` (until the next reload).
+    pub fn with_rules(self, rules: Rules) -> Engine {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        self
+    }
+
+    /// The time now, as the tier sees it.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.time.now()
+    }
+
+    /// Moves the tier's time forward, where its time source allows (virtual time).
+    pub fn advance_time(&self, by: chrono::Duration) -> bool {
+        self.time.advance_by(by)
+    }
+
+    /// The rules the clocks run on.
+    pub fn rules(&self) -> Arc<Rules> {
+        // A poisoned lock still holds whole rules: the writer only swaps an Arc.
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the time limits, skip-tier rules and calendars from the registry again.
+    pub async fn reload_rules(&self) -> anyhow::Result<()> {
+        let rules = load_rules(&self.pool, &self.scope, &self.grids()).await?;
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        Ok(())
+    }
+
+    /// `case` with its clocks as they stand now.
+    pub fn with_clocks(&self, case: pb::Case) -> pb::Case {
+        clocks::with_clocks(case, &self.rules(), self.now())
     }
 
     pub fn peers(&self) -> &[pb::Tier] {
@@ -193,7 +240,13 @@ impl Engine {
             .await?;
 
         let case_id = Uuid::now_v7();
-        let at = now();
+        let received = self.now();
+        let at = wire_time(received);
+        let skip_street = report.self_handling.is_none()
+            && self
+                .rules()
+                .skips
+                .skips_street(&report.category_code, report.urgency);
         let mut tx = self.pool.begin().await?;
         // The key first: a concurrent copy of this report waits here for ours to commit, then
         // finds it taken and returns our case.
@@ -205,7 +258,8 @@ impl Engine {
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("case of client_id {}", report.client_id)));
         }
-        let number = cases::next_number(&mut tx, grid.community().as_str(), china_today()).await?;
+        let number =
+            cases::next_number(&mut tx, grid.community().as_str(), china_day(received)).await?;
         let event = pb::CaseEvent {
             event_id: Uuid::now_v7().to_string(),
             case_id: case_id.to_string(),
@@ -229,6 +283,7 @@ impl Engine {
                 urgency: report.urgency as i32,
                 self_handling: report.self_handling,
                 possible_duplicates,
+                skip_street,
             })),
         };
         let case = self.commit(tx, None, event).await?;
@@ -237,9 +292,10 @@ impl Engine {
             number = %case.number,
             grid = %case.grid_code,
             possible_duplicates = case.possible_duplicates.len(),
+            skip_street,
             "case reported"
         );
-        Ok(case)
+        Ok(self.with_clocks(case))
     }
 
     /// Open cases of `category` reported within the intake's radius and window of the point,
@@ -261,7 +317,7 @@ impl Engine {
         let d_latitude = radius / 111_000.0 * 1.1;
         let d_longitude = d_latitude / latitude.to_radians().cos().abs().max(0.01);
         let since =
-            Utc::now() - chrono::Duration::hours(i64::from(self.intake.duplicate_window_hours));
+            self.now() - chrono::Duration::hours(i64::from(self.intake.duplicate_window_hours));
         let nearby = cases::open_nearby(
             &self.pool,
             category,
@@ -345,20 +401,14 @@ impl Engine {
         let grid = stored_grid(&case)?;
         let kind = step(&case)?;
         let kind_name = machine::kind_name(&kind);
-        let event = pb::CaseEvent {
-            event_id: Uuid::now_v7().to_string(),
-            case_id: case.id.clone(),
-            seq: case.version + 1,
-            at: Some(now()),
-            tier: self.tier as i32,
-            org_code: machine::owner_for(self.tier, &grid).org_code,
-            actor: Some(action.actor),
-            note: action.note.into_string(),
-            attachments: action.attachments.into_vec(),
-            state_after: 0,
-            owner_after: None,
-            kind: Some(kind),
-        };
+        let event = self.next_event(
+            &case,
+            &grid,
+            action.actor,
+            action.note.into_string(),
+            action.attachments.into_vec(),
+            kind,
+        );
         let case = self.commit(tx, Some(&case), event).await?;
         info!(
             kind = kind_name,
@@ -366,17 +416,35 @@ impl Engine {
             version = case.version,
             "case updated"
         );
-        Ok(case)
+        Ok(self.with_clocks(case))
     }
 
     /// Runs the state machine and stores event, projection and outbox row in the caller's
-    /// transaction. An event too large to travel is refused before anything is stored.
+    /// transaction, then commits it and tells the relay and the watchers.
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         before: Option<&pb::Case>,
-        mut event: pb::CaseEvent,
+        event: pb::CaseEvent,
     ) -> Result<pb::Case, Error> {
+        let (after, event) = self.write(&mut tx, before, event).await?;
+        tx.commit().await?;
+        self.relay.wake();
+        self.announce(pb::CaseUpdate {
+            case: Some(after.clone()),
+            event: Some(event),
+        });
+        Ok(after)
+    }
+
+    /// Runs the state machine and stores event, projection and outbox row in `tx`. An event too
+    /// large to travel is refused before anything is stored.
+    async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        before: Option<&pb::Case>,
+        mut event: pb::CaseEvent,
+    ) -> Result<(pb::Case, pb::CaseEvent), Error> {
         let after = machine::apply(before, &event)?;
         machine::seal(&mut event, &after);
         let grid = stored_grid(&after)?;
@@ -392,10 +460,10 @@ impl Engine {
         if body.len() > self.max_event_bytes {
             return Err(too_large(&event, body.len(), self.max_event_bytes));
         }
-        cases::append(&mut tx, &after, &event).await?;
+        cases::append(tx, &after, &event).await?;
         let peers: Vec<&str> = self.peers.iter().map(|&t| machine::tier_name(t)).collect();
         outbox::enqueue(
-            &mut tx,
+            tx,
             event_id,
             case_id,
             event.seq,
@@ -404,13 +472,113 @@ impl Engine {
             &peers,
         )
         .await?;
+        Ok((after, event))
+    }
+
+    /// The next event by this tier on `case`.
+    fn next_event(
+        &self,
+        case: &pb::Case,
+        grid: &GridCode,
+        actor: pb::Actor,
+        note: String,
+        attachments: Vec<pb::Attachment>,
+        kind: Kind,
+    ) -> pb::CaseEvent {
+        pb::CaseEvent {
+            event_id: Uuid::now_v7().to_string(),
+            case_id: case.id.clone(),
+            seq: case.version + 1,
+            at: Some(wire_time(self.now())),
+            tier: self.tier as i32,
+            org_code: machine::owner_for(self.tier, grid).org_code,
+            actor: Some(actor),
+            note,
+            attachments,
+            state_after: 0,
+            owner_after: None,
+            kind: Some(kind),
+        }
+    }
+
+    /// 合并: `duplicate` follows `into` from now on. Both cases must be held by this tier; both
+    /// get their event in one transaction (MERGED on the duplicate, the link on the other), so
+    /// neither is ever merged halfway.
+    #[instrument(skip_all, fields(case_id = %duplicate, into = %into))]
+    pub async fn merge(
+        &self,
+        duplicate: Uuid,
+        into: Uuid,
+        action: Action,
+        check: impl Fn(&pb::Case) -> Result<(), Error>,
+    ) -> Result<pb::Case, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Lock in id order, so two merges of the same pair cannot deadlock.
+        let mut ids = [duplicate, into];
+        ids.sort();
+        let mut locked = Vec::with_capacity(2);
+        for id in ids {
+            let case = cases::load(&mut tx, id, true)
+                .await?
+                .filter(|c| c.grid_code.starts_with(self.scope.prefix()));
+            locked.push((id, case));
+        }
+        let mut take = |id: Uuid| {
+            locked
+                .iter_mut()
+                .find(|(locked_id, _)| *locked_id == id)
+                .and_then(|(_, case)| case.take())
+        };
+        let (case, target) = (take(duplicate), take(into));
+        // The caller's scope first: a case they may not touch is refused as such, whatever the
+        // other one is.
+        for case in [&case, &target].into_iter().flatten() {
+            check(case)?;
+        }
+        let case = case.ok_or_else(|| Error::NotFound(format!("case {duplicate}")))?;
+        let target = target.ok_or_else(|| Error::NotFound(format!("case {into}")))?;
+        if machine::is_finished(target.state()) {
+            return Err(Error::FailedPrecondition(format!(
+                "case {} is {}: a case is merged into an open one",
+                target.number,
+                machine::state_name(target.state())
+            )));
+        }
+        let merged = self.next_event(
+            &case,
+            &stored_grid(&case)?,
+            action.actor.clone(),
+            action.note.as_str().to_owned(),
+            action.attachments.into_vec(),
+            Kind::Merged(pb::Merged {
+                into_case_id: target.id.clone(),
+                into_number: target.number.clone(),
+            }),
+        );
+        let received = self.next_event(
+            &target,
+            &stored_grid(&target)?,
+            action.actor,
+            action.note.into_string(),
+            Vec::new(),
+            Kind::MergeReceived(pb::MergeReceived {
+                case_id: case.id.clone(),
+                number: case.number.clone(),
+                reporter: case.reporter.clone(),
+            }),
+        );
+        let (after, merged) = self.write(&mut tx, Some(&case), merged).await?;
+        let (target_after, received) = self.write(&mut tx, Some(&target), received).await?;
         tx.commit().await?;
         self.relay.wake();
-        self.announce(pb::CaseUpdate {
-            case: Some(after.clone()),
-            event: Some(event),
-        });
-        Ok(after)
+        for (case, event) in [(after.clone(), merged), (target_after, received)] {
+            self.announce(pb::CaseUpdate {
+                case: Some(case),
+                event: Some(event),
+            });
+        }
+        info!(into = %target.number, "case merged");
+        Ok(self.with_clocks(after))
     }
 }
 
@@ -460,4 +628,49 @@ pub(crate) async fn load_grids(pool: &sqlx::PgPool, scope: &Scope) -> anyhow::Re
     let index = GridIndex::new(grids);
     info!(grids = index.len(), "grid index loaded");
     Ok(index)
+}
+
+/// The time limits, skip-tier rules and the work calendars of the scope's communities, from the
+/// registry.
+pub(crate) async fn load_rules(
+    pool: &sqlx::PgPool,
+    scope: &Scope,
+    grids: &GridIndex,
+) -> anyhow::Result<Rules> {
+    use wangge_store::rules;
+    let limits = rules::limit_rules(pool)
+        .await
+        .context("cannot read the time limits")?;
+    let skips = rules::skip_rules(pool)
+        .await
+        .context("cannot read the skip-tier rules")?;
+    let fallback = Arc::new(
+        rules::calendar_for(pool, scope.prefix())
+            .await
+            .context("cannot read the work calendar")?,
+    );
+    let mut calendars = std::collections::HashMap::new();
+    for community in grids.communities() {
+        let community = community.to_string();
+        let calendar = rules::calendar_for(pool, &community)
+            .await
+            .with_context(|| format!("cannot read the work calendar of {community}"))?;
+        calendars.insert(community, Arc::new(calendar));
+    }
+    let until = fallback.covered_until();
+    info!(
+        limits = limits.rules().len(),
+        calendars = calendars.len(),
+        calendar_until = ?until,
+        "time limits and calendars loaded"
+    );
+    if until.is_none() {
+        tracing::warn!("no work calendar loaded: working time counts Monday to Friday only");
+    }
+    Ok(Rules {
+        limits,
+        skips,
+        calendars,
+        fallback,
+    })
 }

@@ -56,6 +56,17 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// The same error, with the field `from` called `to` (a request that names it otherwise).
+    pub fn renamed(self, from: &str, to: &'static str) -> Error {
+        match self {
+            Error::InvalidArgument { field, message } if field == from => Error::InvalidArgument {
+                field: to.into(),
+                message,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {

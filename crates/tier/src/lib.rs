@@ -4,11 +4,15 @@
 
 pub mod admin;
 pub mod authn;
+pub mod clocks;
 pub mod config;
 pub mod console;
 pub mod engine;
 mod error;
+pub mod evaluation;
 pub mod limits;
+#[cfg(test)]
+mod machine_proptests;
 pub mod policy;
 #[cfg(test)]
 mod proptests;
@@ -18,8 +22,10 @@ pub mod replicate;
 pub mod request;
 mod server;
 pub mod shutdown;
+pub mod supervise;
 pub mod supervisor;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod validate;
 pub mod watch;

@@ -33,14 +33,20 @@ pub enum Right {
     Dispatch,
     /// 结案: close a case.
     Close,
-    /// 作废审批: approve voiding (reject) a report.
+    /// 不予受理: reject a report.
     Void,
+    /// 审批: decide a void, a return, a first standard extension; reopen or archive a case.
+    Approve,
+    /// 领导审批: decide hanging a case, a second or a longer extension.
+    Lead,
     /// 签收/回退/处置: a department's steps on a case dispatched to it.
     Handle,
     /// 督办: supervise deadlines (the command clock).
     Supervise,
     /// Read cases, their history and the people of the registry.
     Read,
+    /// 综合评价: the assessment figures of an org's workers, centers, departments and areas.
+    Evaluate,
     /// Org tree, grids, categories, departments: what every client needs to draw its forms.
     Reference,
     /// Status and operations of the tier itself.
@@ -55,8 +61,10 @@ pub fn roles_for(right: Right) -> &'static [pb::Role] {
         Right::ReviewSelfHandled => &[CommunityStaff],
         Right::Accept | Right::Dispatch => &[StreetOperator, DistrictOperator, DutyChief],
         Right::Close | Right::Void => &[DutyChief],
+        Right::Approve => &[DutyChief, Leader],
+        Right::Lead => &[Leader],
         Right::Handle => &[DepartmentHandler],
-        Right::Supervise => &[Supervisor, DutyChief],
+        Right::Supervise => &[Supervisor, DutyChief, Leader],
         Right::Read => &[
             GridWorker,
             CommunityStaff,
@@ -66,6 +74,15 @@ pub fn roles_for(right: Right) -> &'static [pb::Role] {
             DepartmentHandler,
             Supervisor,
             Auditor,
+            Leader,
+        ],
+        Right::Evaluate => &[
+            StreetOperator,
+            DutyChief,
+            DistrictOperator,
+            Supervisor,
+            Auditor,
+            Leader,
         ],
         // Every role a token may carry.
         Right::Reference => &wangge_auth::ROLES,
@@ -82,10 +99,13 @@ fn describe(right: Right) -> &'static str {
         Right::Accept => "this console step",
         Right::Dispatch => "dispatching",
         Right::Close => "closing a case",
-        Right::Void => "approving a void",
+        Right::Void => "rejecting a report",
+        Right::Approve => "this decision",
+        Right::Lead => "a leader's decision",
         Right::Handle => "a department step",
         Right::Supervise => "supervising",
         Right::Read => "reading cases",
+        Right::Evaluate => "evaluating",
         Right::Reference => "reading the registry",
         Right::Admin => "operating the tier",
     }
@@ -94,7 +114,12 @@ fn describe(right: Right) -> &'static str {
 /// The org level a command center's rights need at `tier`.
 fn center_level(right: Right, tier: pb::Tier) -> Option<Level> {
     match right {
-        Right::Accept | Right::Dispatch | Right::Close | Right::Void => Some(match tier {
+        Right::Accept
+        | Right::Dispatch
+        | Right::Close
+        | Right::Void
+        | Right::Approve
+        | Right::Lead => Some(match tier {
             pb::Tier::District => Level::District,
             _ => Level::Street,
         }),

@@ -176,6 +176,173 @@ impl TryFrom<pb::ConfirmCheckRequest> for CheckResult {
     }
 }
 
+/// `FieldAppService/ConfirmVerification`.
+#[derive(Debug, Clone)]
+pub struct VerificationAnswer {
+    pub action: CaseAction,
+    pub genuine: bool,
+}
+
+impl TryFrom<pb::ConfirmVerificationRequest> for VerificationAnswer {
+    type Error = Error;
+
+    fn try_from(request: pb::ConfirmVerificationRequest) -> Result<VerificationAnswer, Error> {
+        Ok(VerificationAnswer {
+            action: CaseAction::parse(
+                &request.case_id,
+                &request.note,
+                request.attachments,
+                NoteKind::Remark,
+            )?,
+            genuine: request.genuine,
+        })
+    }
+}
+
+/// An approval or a denial (`CommandConsoleService/Decide*`): a denial needs its reason.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub action: CaseAction,
+    pub approve: bool,
+}
+
+impl TryFrom<pb::DecisionRequest> for Decision {
+    type Error = Error;
+
+    fn try_from(request: pb::DecisionRequest) -> Result<Decision, Error> {
+        let kind = if request.approve {
+            NoteKind::Remark
+        } else {
+            NoteKind::Reason
+        };
+        Ok(Decision {
+            action: CaseAction::parse(&request.case_id, &request.note, Vec::new(), kind)?,
+            approve: request.approve,
+        })
+    }
+}
+
+/// `CommandConsoleService/MergeCase`.
+#[derive(Debug, Clone)]
+pub struct Merge {
+    pub action: CaseAction,
+    pub into: Uuid,
+}
+
+impl TryFrom<pb::MergeCaseRequest> for Merge {
+    type Error = Error;
+
+    fn try_from(request: pb::MergeCaseRequest) -> Result<Merge, Error> {
+        let action = CaseAction::parse(
+            &request.case_id,
+            &request.note,
+            Vec::new(),
+            NoteKind::Remark,
+        )?;
+        let into = Uuid::parse_str(request.into_case_id.trim()).map_err(|_| {
+            Error::invalid(
+                "into_case_id",
+                format!("{:?} is not a UUID", request.into_case_id),
+            )
+        })?;
+        if into == action.case_id {
+            return Err(Error::invalid(
+                "into_case_id",
+                "a case cannot be merged into itself",
+            ));
+        }
+        Ok(Merge { action, into })
+    }
+}
+
+/// `CommandConsoleService/SuperviseCase`: 督办 by hand.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    pub action: CaseAction,
+    pub level: pb::SupervisionLevel,
+}
+
+impl TryFrom<pb::SuperviseCaseRequest> for Supervision {
+    type Error = Error;
+
+    fn try_from(request: pb::SuperviseCaseRequest) -> Result<Supervision, Error> {
+        let level = match pb::SupervisionLevel::try_from(request.level) {
+            Ok(
+                level @ (pb::SupervisionLevel::Normal
+                | pb::SupervisionLevel::Yellow
+                | pb::SupervisionLevel::Red),
+            ) => level,
+            _ => {
+                return Err(Error::invalid(
+                    "level",
+                    format!(
+                        "{} is not a supervision level: normal (2), yellow (3) or red (4)",
+                        request.level
+                    ),
+                ));
+            }
+        };
+        Ok(Supervision {
+            action: CaseAction::parse(
+                &request.case_id,
+                &request.note,
+                Vec::new(),
+                NoteKind::Reason,
+            )?,
+            level,
+        })
+    }
+}
+
+/// Most of one unit an extension may ask for: more is a typing error, not a delay.
+const MAX_EXTENSION: u32 = 10_000;
+
+/// `DepartmentService/RequestDelay`.
+#[derive(Debug, Clone)]
+pub struct DelayAsk {
+    pub action: DepartmentAction,
+    pub extension: pb::TimeLimit,
+}
+
+impl TryFrom<pb::DelayRequest> for DelayAsk {
+    type Error = Error;
+
+    fn try_from(request: pb::DelayRequest) -> Result<DelayAsk, Error> {
+        let extension = request
+            .extension
+            .ok_or_else(|| Error::invalid("extension", "is required"))?;
+        if extension.amount == 0 || extension.amount > MAX_EXTENSION {
+            return Err(Error::invalid(
+                "extension.amount",
+                format!("{} is not between 1 and {MAX_EXTENSION}", extension.amount),
+            ));
+        }
+        if !matches!(
+            pb::TimeUnit::try_from(extension.unit),
+            Ok(pb::TimeUnit::Minutes | pb::TimeUnit::WorkingHours | pb::TimeUnit::WorkingDays)
+        ) {
+            return Err(Error::invalid(
+                "extension.unit",
+                format!(
+                    "{} is not a unit: minutes (1), working hours (2) or working days (3)",
+                    extension.unit
+                ),
+            ));
+        }
+        let action = DepartmentAction::parse(
+            pb::DepartmentActionRequest {
+                case_id: request.case_id,
+                department_code: request.department_code,
+                note: request.reason,
+                attachments: Vec::new(),
+            },
+            NoteKind::Reason,
+        )
+        .map_err(|e| e.renamed("note", "reason"))?;
+        Ok(DelayAsk { action, extension })
+    }
+}
+
 /// `CommandConsoleService/DispatchCase`.
 #[derive(Debug, Clone)]
 pub struct Dispatch {

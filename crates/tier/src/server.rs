@@ -25,7 +25,7 @@ use wangge_domain::Scope;
 use wangge_domain::case::tier_name;
 use wangge_proto as pb;
 
-use crate::engine::load_grids;
+use crate::engine::{load_grids, load_rules};
 use crate::tls::{self, NatsTls as _};
 use crate::{Config, Engine, Shared, admin, query, reconcile, replicate, supervisor};
 
@@ -62,6 +62,7 @@ where
         .await
         .context("cannot open the database")?;
     let grids = load_grids(&pool, &scope).await?;
+    let rules = load_rules(&pool, &scope, &grids).await?;
     if grids.is_empty() {
         warn!(%scope, "no grids in scope: seed the registry (wangge-seed), reports will be refused");
     }
@@ -93,10 +94,22 @@ where
             config.peers_of(tier),
             max_event_bytes,
         )
-        .with_intake(config.intake),
+        .with_intake(config.intake)
+        .with_time(match (&config.clock.time, config.clock.virtual_time) {
+            (Some(time), _) => time.clone(),
+            (None, true) => {
+                warn!("virtual time: an admin may move this tier's clock (clock.virtual_time)");
+                crate::time::ShiftedTime::new()
+            }
+            (None, false) => Arc::new(crate::time::SystemTime),
+        })
+        .with_rules(rules),
     );
     let durable = config.consumer_name.clone().unwrap_or_else(|| name.clone());
     let supervisor = supervisor::Supervisor::new(supervisor::RestartPolicy::default());
+    let supervision = Arc::new(std::sync::Mutex::new(
+        crate::supervise::ScanReport::default(),
+    ));
     let reconciliation = spawn_background(
         &supervisor,
         Parts {
@@ -108,6 +121,7 @@ where
             reconnected,
             durable: durable.clone(),
             max_event_bytes,
+            supervision: supervision.clone(),
         },
     );
 
@@ -124,6 +138,7 @@ where
             durable,
             reconciliation,
             serving: serving.clone(),
+            supervision,
         }),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -294,9 +309,12 @@ struct Parts<'a> {
     /// The durable consumer's name, also the queue group of the tier scope's instances.
     durable: String,
     max_event_bytes: usize,
+    /// What the automatic 督办 scans report.
+    supervision: Arc<std::sync::Mutex<crate::supervise::ScanReport>>,
 }
 
-/// Starts relay, consumer, receipts, answers, reconciler and pruner under `supervisor`; returns
+/// Starts relay, consumer, receipts, answers, reconciler, pruner and the 督办 scan under
+/// `supervisor`; returns
 /// the reconciliation report they keep.
 fn spawn_background(
     supervisor: &supervisor::Supervisor,
@@ -311,6 +329,7 @@ fn spawn_background(
         reconnected,
         durable,
         max_event_bytes,
+        supervision,
     } = parts;
     let (tier, scope, pool) = (engine.tier(), *engine.scope(), engine.pool().clone());
     let delivery = &config.delivery;
@@ -374,6 +393,17 @@ fn spawn_background(
                 stop,
             );
             async move { Ok(receive.await?) }
+        });
+    }
+    {
+        let (engine, report) = (engine.clone(), supervision.clone());
+        let every = Duration::from_secs(config.clock.supervise_every_secs.max(1));
+        supervisor.spawn("supervision", move |stop| {
+            let (engine, report) = (engine.clone(), report.clone());
+            async move {
+                crate::supervise::run(engine, every, report, stop).await;
+                Ok(())
+            }
         });
     }
     {

@@ -36,7 +36,15 @@ pub fn watch(
         std::future::ready(item)
     });
     let stopping = shared.stopping.clone().cancelled_owned();
-    Box::pin(initial.chain(live).take_until(stopping))
+    // Every case goes out with its clocks as they stand when it is sent.
+    let engine = shared.engine.clone();
+    let with_clocks = move |update: Result<pb::CaseUpdate, Status>| {
+        update.map(|mut update| {
+            update.case = update.case.map(|case| engine.with_clocks(case));
+            update
+        })
+    };
+    Box::pin(initial.chain(live).map(with_clocks).take_until(stopping))
 }
 
 /// Updates with no event for given cases: the start of a watch.
@@ -75,4 +83,17 @@ pub fn existing(pool: PgPool, filter: cases::Filter) -> UpdateStream {
 /// True when `states` is empty or holds the case's state.
 pub fn state_matches(states: &[i32], case: &pb::Case) -> bool {
     states.is_empty() || states.contains(&case.state)
+}
+
+/// Orders a work list the way a handler works it: the most urgent first, then the least time
+/// left on the stage's clock (cases without a clock last).
+pub fn by_urgency_then_time_left(cases: &mut [pb::Case]) {
+    cases.sort_by_key(|case| {
+        let left = case
+            .clocks
+            .as_ref()
+            .and_then(|c| c.stage.as_ref())
+            .map_or(i64::MAX, |stage| stage.left_seconds);
+        (std::cmp::Reverse(case.urgency), left)
+    });
 }

@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 use wangge_proto as pb;
 use wangge_tier::Config;
 
-/// Serves the district tier on `listener` until `shutdown` resolves: the command console and the
-/// district's departments, besides what every tier serves.
+/// Serves the district tier on `listener` until `shutdown` resolves: the command console, the
+/// district's departments and the evaluation (综合评价), besides what every tier serves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -19,7 +19,7 @@ pub async fn run(
         config,
         listener,
         shutdown,
-        wangge_tier::console::mount,
+        wangge_tier::evaluation::mount_center,
     )
     .await
 }

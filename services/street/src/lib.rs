@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 use wangge_proto as pb;
 use wangge_tier::Config;
 
-/// Serves the street tier on `listener` until `shutdown` resolves: the command console and the
-/// street's departments, besides what every tier serves.
+/// Serves the street tier on `listener` until `shutdown` resolves: the command console, the
+/// street's departments and the evaluation (综合评价), besides what every tier serves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -19,7 +19,7 @@ pub async fn run(
         config,
         listener,
         shutdown,
-        wangge_tier::console::mount,
+        wangge_tier::evaluation::mount_center,
     )
     .await
 }

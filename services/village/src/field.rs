@@ -6,19 +6,23 @@ use wangge_proto::case_event::Kind;
 use wangge_store::cases;
 use wangge_tier::engine::Action;
 use wangge_tier::policy::{Grant, Right, authorize, caller};
-use wangge_tier::request::{CaseAction, CheckResult, NewReport, NoteKind};
+use wangge_tier::request::{CaseAction, CheckResult, NewReport, NoteKind, VerificationAnswer};
 use wangge_tier::validate::prefixes_in_scope;
-use wangge_tier::watch::{UpdateStream, snapshot, watch};
+use wangge_tier::watch::{UpdateStream, by_urgency_then_time_left, snapshot, watch};
 use wangge_tier::{Error, Shared};
 
 /// `wangge.v1.FieldAppService`.
 #[derive(Debug, Clone)]
 pub struct FieldApp(pub Shared);
 
-/// A task of the field app: an on-site check the village holds.
+/// A task of the field app: an on-site check (核查) or verification (核实) the village holds.
 fn is_task(case: &pb::Case, prefixes: &[String]) -> bool {
-    case.state() == pb::CaseState::Checking
-        && case.check_outcome() == pb::CheckOutcome::Pending
+    let pending = match case.state() {
+        pb::CaseState::Checking => case.check_outcome() == pb::CheckOutcome::Pending,
+        pb::CaseState::Verifying => true,
+        _ => false,
+    };
+    pending
         && prefixes
             .iter()
             .any(|p| case.grid_code.starts_with(p.as_str()))
@@ -55,6 +59,9 @@ impl FieldApp {
             };
             tasks.extend(cases::list(self.0.engine.pool(), &filter).await?);
         }
+        let engine = &self.0.engine;
+        let mut tasks: Vec<pb::Case> = tasks.into_iter().map(|c| engine.with_clocks(c)).collect();
+        by_urgency_then_time_left(&mut tasks);
         Ok(tasks)
     }
 }
@@ -109,7 +116,32 @@ impl pb::field_app_service_server::FieldAppService for FieldApp {
             action: request,
             passed,
         } = CheckResult::try_from(request.into_inner())?;
-        let kind = Kind::Checked(pb::Checked { passed });
+        self.answer(grant, request, Kind::Checked(pb::Checked { passed }))
+            .await
+    }
+
+    async fn confirm_verification(
+        &self,
+        request: Request<pb::ConfirmVerificationRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        let grant = grant(&self.0, &request, Right::ConfirmCheck)?;
+        let VerificationAnswer {
+            action: request,
+            genuine,
+        } = VerificationAnswer::try_from(request.into_inner())?;
+        self.answer(grant, request, Kind::Verified(pb::Verified { genuine }))
+            .await
+    }
+}
+
+impl FieldApp {
+    /// A grid worker's answer from the field: a check or a verification.
+    async fn answer(
+        &self,
+        grant: Grant,
+        request: CaseAction,
+        kind: Kind,
+    ) -> Result<Response<pb::Case>, Status> {
         let action = Action {
             actor: grant.actor(),
             note: request.note,

@@ -1,0 +1,162 @@
+//! What an evaluation (综合评价, `wangge_domain::evaluation`) reads: the histories of the cases of
+//! a period, in one bounded query, and the names of the workers, orgs, grids and departments its
+//! rows name.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+use wangge_domain::case::{is_finished, state_name};
+use wangge_proto as pb;
+
+use crate::{Error, Result};
+
+/// The most events one evaluation loads: a period and area beyond it is refused rather than
+/// allowed to fill the tier's memory (about 200 MB of decoded events).
+pub const MAX_EVENTS: usize = 200_000;
+
+/// The histories of a period, or the news that they are too large.
+#[derive(Debug)]
+pub enum Histories {
+    /// Each case's events, oldest first, the cases in id order.
+    Loaded(Vec<Vec<pb::CaseEvent>>),
+    /// More than `limit` events: nothing was kept.
+    TooMany { limit: usize },
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    case_id: Uuid,
+    body: Vec<u8>,
+}
+
+/// The database names of the states no further work follows.
+fn finished_states() -> Vec<&'static str> {
+    (0..=i32::from(u8::MAX))
+        .map_while(|n| pb::CaseState::try_from(n).ok())
+        .filter(|&state| is_finished(state))
+        .map(state_name)
+        .collect()
+}
+
+/// The histories, up to `to`, of the cases under `prefixes` (grid-code prefixes) that were
+/// reported before `to` and either had an event since `from` or are not finished (so were open at
+/// `from`). One query, ordered by case and sequence, reading at most `max_events` + 1 rows.
+pub async fn histories(
+    pool: &PgPool,
+    prefixes: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    max_events: usize,
+) -> Result<Histories> {
+    // Codes are digits: no LIKE wildcard can hide in a prefix.
+    let patterns: Vec<String> = prefixes.iter().map(|p| format!("{p}%")).collect();
+    let limit = i64::try_from(max_events)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT e.case_id, e.body
+         FROM cases c JOIN case_events e ON e.case_id = c.id
+         WHERE c.grid_code LIKE ANY($1)
+           AND c.reported_at < $3
+           AND (c.updated_at >= $2 OR c.state <> ALL($4))
+           AND e.at < $3
+         ORDER BY e.case_id, e.seq
+         LIMIT $5",
+    )
+    .bind(&patterns)
+    .bind(from)
+    .bind(to)
+    .bind(finished_states())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if rows.len() > max_events {
+        return Ok(Histories::TooMany { limit: max_events });
+    }
+    let mut histories: Vec<Vec<pb::CaseEvent>> = Vec::new();
+    let mut current = None;
+    for row in rows {
+        let event =
+            pb::CaseEvent::decode(row.body.as_slice()).map_err(|source| Error::Corrupt {
+                what: "case event",
+                source,
+            })?;
+        if current != Some(row.case_id) {
+            current = Some(row.case_id);
+            histories.push(Vec::new());
+        }
+        if let Some(history) = histories.last_mut() {
+            history.push(event);
+        }
+    }
+    Ok(Histories::Loaded(histories))
+}
+
+/// What a name belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Named {
+    Worker,
+    /// A district, street or community.
+    Org,
+    Grid,
+    Department,
+}
+
+#[derive(FromRow)]
+struct NameRow {
+    kind: String,
+    key: String,
+    name: String,
+}
+
+/// The registry's names of these workers, orgs, grids and departments; what it does not know is
+/// missing from the map.
+pub async fn names(
+    pool: &PgPool,
+    workers: &[String],
+    orgs: &[String],
+    grids: &[String],
+    departments: &[String],
+) -> Result<HashMap<(Named, String), String>> {
+    let rows: Vec<NameRow> = sqlx::query_as(
+        "SELECT 'worker' AS kind, id AS key, name FROM workers WHERE id = ANY($1)
+         UNION ALL SELECT 'org', code, name FROM orgs WHERE code = ANY($2)
+         UNION ALL SELECT 'grid', code, name FROM grids WHERE code = ANY($3)
+         UNION ALL SELECT 'department', code, name FROM departments WHERE code = ANY($4)",
+    )
+    .bind(workers)
+    .bind(orgs)
+    .bind(grids)
+    .bind(departments)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let kind = match row.kind.as_str() {
+                "worker" => Named::Worker,
+                "org" => Named::Org,
+                "grid" => Named::Grid,
+                "department" => Named::Department,
+                _ => return None,
+            };
+            Some(((kind, row.key), row.name))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_finished_states_are_the_domains() {
+        assert_eq!(
+            finished_states(),
+            ["closed", "rejected", "void", "merged", "archived"]
+        );
+    }
+}
