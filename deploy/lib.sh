@@ -24,15 +24,19 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
+# The minimum Rust: the highest `rust-version` of the locked dependencies (async-nats 0.51 needs
+# 1.89). Cargo.toml and the README say the same; deploy/check-msrv keeps the three in step.
+WANGGE_MIN_RUST=1.89
+
 ensure_rust() {
   if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
-  command -v cargo >/dev/null || die "Rust is missing: install Rust >= 1.88 with rustup (https://rustup.rs), then run this again"
+  command -v cargo >/dev/null || die "Rust is missing: install Rust >= $WANGGE_MIN_RUST with rustup (https://rustup.rs), then run this again"
   local version
   version=$(rustc --version | awk '{print $2}')
-  if [ "$(printf '%s\n1.88.0\n' "$version" | sort -V | head -1)" != "1.88.0" ]; then
-    die "rustc $version is too old: wangge needs 1.88 or newer (rustup update)"
+  if [ "$(printf '%s\n%s.0\n' "$version" "$WANGGE_MIN_RUST" | sort -V | head -1)" != "$WANGGE_MIN_RUST.0" ]; then
+    die "rustc $version is too old: wangge needs $WANGGE_MIN_RUST or newer (rustup update)"
   fi
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
   # Protobufs compile with protox: no system protoc needed. C compiler for the odd -sys crate.

@@ -307,7 +307,7 @@ async fn a_period_reads_the_histories_it_touched_and_those_open_at_its_start_up_
     let mut conn = pool.acquire().await.unwrap();
     for case in &cases {
         for (after, event) in case {
-            wangge_store::cases::append(&mut conn, after, event)
+            wangge_store::cases::append(&mut conn, after, event, None)
                 .await
                 .unwrap();
         }

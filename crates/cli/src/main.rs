@@ -34,6 +34,9 @@ enum Command {
     /// Prints the assessment figures (综合评价) of a period per grid worker, command center,
     /// department and area, as a table or as CSV for Excel (--csv).
     Eval(eval::Args),
+    /// Brings up its own databases, nats-server and tiers (release build) and measures the raw
+    /// baselines and the system beside them; prints a table and writes a JSON file.
+    Bench(wangge_bench::Args),
     /// Makes an Ed25519 key pair for signing development tokens.
     Keygen(keys::KeygenArgs),
     /// Prints a signed token for a demo persona or for the given subject, roles and orgs.
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => load::run(args).await,
         Command::Status(args) => std::process::exit(status::run(args).await),
         Command::Eval(args) => eval::run(args).await,
+        Command::Bench(args) => wangge_bench::run(args).await,
         Command::Keygen(args) => keys::keygen(args),
         Command::Token(args) => keys::token(args),
     }

@@ -50,11 +50,24 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<pb::Case>> {
     load(&mut conn, id, false).await
 }
 
-/// Stores an event and the projection it led to. The first event inserts the case.
+/// An event on its way to the bus, written to the outbox with the event (the author's side).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub subject: &'a str,
+    /// The envelope, as it travels.
+    pub body: &'a [u8],
+    /// The tiers that must confirm it.
+    pub peers: &'a [&'a str],
+}
+
+/// Stores an event, the projection it led to and, for its author, the outbox row that sends it:
+/// one statement (data-modifying CTEs), so one round trip. The first event inserts the case and
+/// counts it (a row in `case_count_deltas`: an insert, which no other writer waits for).
 pub async fn append(
     conn: &mut PgConnection,
     after: &pb::Case,
     event: &pb::CaseEvent,
+    outgoing: Option<Outgoing<'_>>,
 ) -> Result<()> {
     let id: Uuid = after
         .id
@@ -77,16 +90,31 @@ pub async fn append(
         pb::Tier::Unspecified => None,
         tier => Some(tier_name(tier)),
     };
+    let kind = event
+        .kind
+        .as_ref()
+        .map(wangge_domain::case::kind_name)
+        .unwrap_or("none");
     sqlx::query(
-        "INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
-                            grid_code, state, owner_tier, owner_org, department, check_outcome, check_by_tier,
-                            urgency, reporter_id, captured_at, reported_at, updated_at, version, snapshot)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-         ON CONFLICT (id) DO UPDATE SET
-            state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
-            department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
-            check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
-            version = EXCLUDED.version, snapshot = EXCLUDED.snapshot",
+        "WITH stored AS (
+            INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
+                               grid_code, state, owner_tier, owner_org, department, check_outcome, check_by_tier,
+                               urgency, reporter_id, captured_at, reported_at, updated_at, version, snapshot)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+            ON CONFLICT (id) DO UPDATE SET
+               state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
+               department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
+               check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
+               version = EXCLUDED.version, snapshot = EXCLUDED.snapshot
+            RETURNING (xmax = 0) AS created
+         ), logged AS (
+            INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body)
+            VALUES ($22, $1, $23, $24, $25, $26, $27)
+         ), sent AS (
+            INSERT INTO outbox (event_id, case_id, seq, subject, body, pending_tiers)
+            SELECT $22, $1, $23, $28, $29, $30 WHERE $28::text IS NOT NULL
+         )
+         INSERT INTO case_count_deltas (added) SELECT 1 FROM stored WHERE created",
     )
     .bind(id)
     .bind(&after.number)
@@ -109,24 +137,15 @@ pub async fn append(
     .bind(timestamp(after.updated_at))
     .bind(after.version as i64)
     .bind(after.encode_to_vec())
-    .execute(&mut *conn)
-    .await?;
-
-    let kind = event
-        .kind
-        .as_ref()
-        .map(wangge_domain::case::kind_name)
-        .unwrap_or("none");
-    sqlx::query(
-        "INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
     .bind(event_id)
-    .bind(id)
     .bind(event.seq as i64)
     .bind(timestamp(event.at))
     .bind(tier_name(event.tier()))
     .bind(kind)
     .bind(event.encode_to_vec())
+    .bind(outgoing.map(|o| o.subject))
+    .bind(outgoing.map(|o| o.body))
+    .bind(outgoing.map(|o| o.peers))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -155,9 +174,19 @@ pub struct NearbyCase {
 /// States a case no longer needs work in: never a duplicate candidate.
 const FINISHED_STATES: [&str; 5] = ["closed", "rejected", "void", "merged", "archived"];
 
+/// The cells (0.001° of longitude by 0.001° of latitude) that the box `low..=high` touches on one
+/// axis, as the `cases_nearby` index numbers them.
+fn cells(low: f64, high: f64) -> Vec<i32> {
+    let (first, last) = ((low * 1000.0).floor(), (high * 1000.0).floor());
+    if !(first.is_finite() && last.is_finite()) || last < first {
+        return Vec::new();
+    }
+    (first as i32..=last as i32).collect()
+}
+
 /// Open cases of `category` reported since `since` inside the box of `longitude` ± `d_longitude`
 /// and `latitude` ± `d_latitude` (at most `limit`, the newest first); the caller measures the
-/// exact distance.
+/// exact distance. Reads only the index cells the box touches (`cases_nearby`).
 pub async fn open_nearby(
     pool: &PgPool,
     category: &str,
@@ -166,40 +195,75 @@ pub async fn open_nearby(
     (d_longitude, d_latitude): (f64, f64),
     limit: i64,
 ) -> Result<Vec<NearbyCase>> {
-    Ok(sqlx::query_as(
-        "SELECT id, number, longitude, latitude, reported_at FROM cases
-         WHERE category_code = $1 AND reported_at >= $2 AND state <> ALL($3)
-           AND longitude BETWEEN $4 - $6 AND $4 + $6 AND latitude BETWEEN $5 - $7 AND $5 + $7
-         ORDER BY reported_at DESC LIMIT $8",
-    )
-    .bind(category)
-    .bind(since)
-    .bind(&FINISHED_STATES[..])
-    .bind(longitude)
-    .bind(latitude)
-    .bind(d_longitude)
-    .bind(d_latitude)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    let columns = cells(longitude - d_longitude, longitude + d_longitude);
+    let rows = cells(latitude - d_latitude, latitude + d_latitude);
+    Ok(sqlx::query_as(NEARBY_SQL)
+        .bind(category)
+        .bind(since)
+        .bind(&FINISHED_STATES[..])
+        .bind(longitude)
+        .bind(latitude)
+        .bind(d_longitude)
+        .bind(d_latitude)
+        .bind(limit)
+        .bind(&columns)
+        .bind(&rows)
+        .fetch_all(pool)
+        .await?)
 }
 
-/// The next daily report number of a community: 350205002006-20261126-0042.
-pub async fn next_number(
-    conn: &mut PgConnection,
-    community: &str,
-    day: NaiveDate,
-) -> Result<String> {
-    let last: i32 = sqlx::query_scalar(
-        "INSERT INTO case_numbers (community_code, day, last) VALUES ($1, $2, 1)
-         ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + 1
-         RETURNING last",
-    )
-    .bind(community)
-    .bind(day)
-    .fetch_one(conn)
-    .await?;
-    Ok(format!("{community}-{}-{last:04}", day.format("%Y%m%d")))
+const NEARBY_SQL: &str = "SELECT id, number, longitude, latitude, reported_at FROM cases
+     WHERE category_code = $1
+       AND floor(longitude * 1000)::integer = ANY($9)
+       AND floor(latitude * 1000)::integer = ANY($10)
+       AND reported_at >= $2 AND state <> ALL($3)
+       AND longitude BETWEEN $4 - $6 AND $4 + $6 AND latitude BETWEEN $5 - $7 AND $5 + $7
+     ORDER BY reported_at DESC LIMIT $8";
+
+/// How PostgreSQL runs [`open_nearby`] (`EXPLAIN ANALYZE`, JSON), for the plan test.
+pub async fn explain_open_nearby(
+    pool: &PgPool,
+    category: &str,
+    since: DateTime<Utc>,
+    (longitude, latitude): (f64, f64),
+    (d_longitude, d_latitude): (f64, f64),
+) -> Result<serde_json::Value> {
+    let columns = cells(longitude - d_longitude, longitude + d_longitude);
+    let rows = cells(latitude - d_latitude, latitude + d_latitude);
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {NEARBY_SQL}");
+    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&sql)
+        .bind(category)
+        .bind(since)
+        .bind(&FINISHED_STATES[..])
+        .bind(longitude)
+        .bind(latitude)
+        .bind(d_longitude)
+        .bind(d_latitude)
+        .bind(10_i64)
+        .bind(&columns)
+        .bind(&rows)
+        .fetch_one(pool)
+        .await?;
+    Ok(plan.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_box_touches_the_cells_it_spans() {
+        assert_eq!(cells(118.0554, 118.0556), vec![118_055]);
+        assert_eq!(cells(118.0549, 118.0561), vec![118_054, 118_055, 118_056]);
+        assert_eq!(cells(24.5, 24.4), Vec::<i32>::new());
+        assert_eq!(cells(f64::NAN, 1.0), Vec::<i32>::new());
+    }
+}
+
+/// A case number for people: the community, the day and its daily sequence,
+/// 350205002006-20261126-0042 (see `intake::claim_numbered`, which draws the sequence).
+pub fn case_number(community: &str, day: NaiveDate, sequence: i32) -> String {
+    format!("{community}-{}-{sequence:04}", day.format("%Y%m%d"))
 }
 
 /// Which cases a listing wants.
@@ -219,40 +283,90 @@ pub struct Filter {
     pub limit: i64,
 }
 
-pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
-    let rows: Vec<Stored> = sqlx::query_as(
+/// The query of [`list`]. With states, each state's range of the (state, id) index is read in
+/// id order, as far as the page needs, and the ranges merged: the cost follows the page, not the
+/// history. Without, the primary key is read in id order.
+fn list_sql(filter: &Filter) -> &'static str {
+    if filter.states.is_empty() {
         "SELECT snapshot AS body FROM cases
          WHERE grid_code LIKE ANY($1)
-           AND (cardinality($2::text[]) = 0 OR state = ANY($2))
            AND ($3::text IS NULL OR owner_tier = $3)
            AND ($4::text IS NULL OR department = $4)
            AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')
            AND ($6::uuid IS NULL OR id > $6)
          ORDER BY id
-         LIMIT $7",
-    )
-    .bind(
-        // Codes are digits: no LIKE wildcard can hide in a prefix.
-        filter
-            .grid_prefixes
-            .iter()
-            .map(|p| format!("{p}%"))
-            .collect::<Vec<_>>(),
-    )
-    .bind(&filter.states)
-    .bind(&filter.owner_tier)
-    .bind(&filter.department)
-    .bind(filter.pending_check)
-    .bind(filter.after)
-    .bind(filter.limit)
-    .fetch_all(pool)
-    .await?;
+         LIMIT $7"
+    } else {
+        "SELECT page.snapshot AS body
+         FROM unnest($2::text[]) AS wanted(state)
+         CROSS JOIN LATERAL (
+             SELECT id, snapshot FROM cases
+             WHERE state = wanted.state
+               AND grid_code LIKE ANY($1)
+               AND ($3::text IS NULL OR owner_tier = $3)
+               AND ($4::text IS NULL OR department = $4)
+               AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')
+               AND ($6::uuid IS NULL OR id > $6)
+             ORDER BY id
+             LIMIT $7
+         ) AS page
+         ORDER BY page.id
+         LIMIT $7"
+    }
+}
+
+/// The grid prefixes of a filter as LIKE patterns (codes are digits: no wildcard can hide in one).
+fn patterns(filter: &Filter) -> Vec<String> {
+    filter
+        .grid_prefixes
+        .iter()
+        .map(|p| format!("{p}%"))
+        .collect()
+}
+
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
+    let rows: Vec<Stored> = sqlx::query_as(list_sql(filter))
+        .bind(patterns(filter))
+        .bind(&filter.states)
+        .bind(&filter.owner_tier)
+        .bind(&filter.department)
+        .bind(filter.pending_check)
+        .bind(filter.after)
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(|r| decode_case(&r.body)).collect()
 }
 
-/// How many cases this database holds.
-pub async fn count(pool: &PgPool) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM cases")
+/// How PostgreSQL runs [`list`] for `filter`, run and measured (`EXPLAIN ANALYZE`, JSON): the
+/// plan test reads it to show the cost follows the page, not the history.
+pub async fn explain_list(pool: &PgPool, filter: &Filter) -> Result<serde_json::Value> {
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", list_sql(filter));
+    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&sql)
+        .bind(patterns(filter))
+        .bind(&filter.states)
+        .bind(&filter.owner_tier)
+        .bind(&filter.department)
+        .bind(filter.pending_check)
+        .bind(filter.after)
+        .bind(filter.limit)
         .fetch_one(pool)
-        .await?)
+        .await?;
+    Ok(plan.0)
+}
+
+/// How many cases this database holds (kept as cases are added: no count of the table). Folds
+/// the counts added since the last call into the total first, so the cost follows the cases added
+/// lately, not the history.
+pub async fn count(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "WITH folded AS (DELETE FROM case_count_deltas RETURNING added),
+              total AS (
+                 UPDATE case_counts SET cases = cases + (SELECT coalesce(sum(added), 0) FROM folded)
+                 RETURNING cases
+              )
+         SELECT cases FROM total",
+    )
+    .fetch_one(pool)
+    .await?)
 }

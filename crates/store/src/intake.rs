@@ -39,26 +39,42 @@ pub async fn find(
     .await?)
 }
 
-/// Claims the key for a new case, in the report's transaction. False when the key is taken: a
-/// concurrent copy that holds it is waited for, so after false [`find`] sees the winner.
-pub async fn claim(
+/// Claims the key for a new case, in the report's transaction. None when the key is taken: a
+/// concurrent copy that holds it is waited for, so after None [`find`] sees the winner.
+///
+/// When the key was free, also draws the community's next daily report number, in the same
+/// round trip: `Some(sequence)` (350205002006-20261126-`sequence`, see `cases::case_number`);
+/// `None` means the key was taken, and no number is used up.
+pub async fn claim_numbered(
     conn: &mut PgConnection,
-    reporter_id: &str,
-    client_id: &str,
+    key: (&str, &str),
     case_id: Uuid,
     digest: &[u8; 32],
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO intake_keys (reporter_id, client_id, case_id, payload_digest)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    (community, day): (&str, chrono::NaiveDate),
+) -> Result<Option<i32>> {
+    let (reporter_id, client_id) = key;
+    let last: Option<i32> = sqlx::query_scalar(
+        "WITH claimed AS (
+            INSERT INTO intake_keys (reporter_id, client_id, case_id, payload_digest)
+            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+            RETURNING 1
+         ), numbered AS (
+            INSERT INTO case_numbers (community_code, day, last)
+            SELECT $5, $6, 1 WHERE EXISTS (SELECT 1 FROM claimed)
+            ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + 1
+            RETURNING last
+         )
+         SELECT last FROM numbered",
     )
     .bind(reporter_id)
     .bind(client_id)
     .bind(case_id)
     .bind(digest.as_slice())
-    .execute(conn)
+    .bind(community)
+    .bind(day)
+    .fetch_optional(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -103,6 +103,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        // No ping before each use: it is a round trip on every acquire (three per report). A
+        // connection the server dropped fails its next query instead, which is UNAVAILABLE (the
+        // caller retries) and closes it, so the next acquire opens a fresh one.
+        .test_before_acquire(false)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
         .await?;

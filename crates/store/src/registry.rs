@@ -158,15 +158,6 @@ pub async fn categories(pool: &PgPool, scheme: Option<&str>) -> Result<Vec<pb::C
         .collect())
 }
 
-pub async fn category_exists(pool: &PgPool, code: &str) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM categories WHERE code = $1)")
-            .bind(code)
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
 #[derive(Debug, sqlx::FromRow)]
 struct DepartmentRow {
     code: String,

@@ -26,6 +26,9 @@ pub struct Rules {
     pub calendars: HashMap<String, Arc<WorkCalendar>>,
     /// For an org without a calendar of its own.
     pub fallback: Arc<WorkCalendar>,
+    /// The category codes of the registry: a report's category is checked here, not in the
+    /// database.
+    pub categories: std::collections::HashSet<String>,
 }
 
 impl Rules {

@@ -19,7 +19,7 @@ use wangge_domain::grids::GridIndex;
 use wangge_domain::{GridCode, Scope};
 use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
-use wangge_store::{cases, intake, outbox};
+use wangge_store::{cases, intake};
 
 use crate::Error;
 use crate::clocks::{self, Rules};
@@ -49,6 +49,32 @@ pub struct Engine {
     time: Time,
     /// Time limits, skip-tier rules and calendars; swapped whole on reload.
     rules: RwLock<Arc<Rules>>,
+    /// The events this engine committed lately: when they come back from the bus (a tier
+    /// consumes its whole scope, its own events too) they are dropped without a database trip.
+    recent: std::sync::Mutex<RecentIds>,
+}
+
+/// A bounded set of event ids, the oldest forgotten first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    ids: std::collections::HashSet<Uuid>,
+    order: std::collections::VecDeque<Uuid>,
+}
+
+/// How many of its own event ids an engine remembers (a few seconds of full intake, or more).
+const RECENT_IDS: usize = 65_536;
+
+impl RecentIds {
+    fn insert(&mut self, id: Uuid) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 /// At most this many duplicate candidates travel with a report, the nearest.
@@ -105,6 +131,7 @@ impl Engine {
             intake: IntakeConfig::default(),
             time: Arc::new(SystemTime),
             rules: RwLock::new(Arc::new(Rules::default())),
+            recent: std::sync::Mutex::new(RecentIds::default()),
         }
     }
 
@@ -147,6 +174,24 @@ impl Engine {
         let rules = load_rules(&self.pool, &self.scope, &self.grids()).await?;
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
         Ok(())
+    }
+
+    /// Whether this engine committed the event `id` lately (then it is in the database already).
+    pub fn wrote_recently(&self, id: Uuid) -> bool {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .contains(&id)
+    }
+
+    fn remember(&self, event: &pb::CaseEvent) {
+        if let Ok(id) = Uuid::parse_str(&event.event_id) {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
     }
 
     /// `case` with its clocks as they stand now.
@@ -210,10 +255,8 @@ impl Engine {
     pub async fn report(&self, grant: &Grant, report: NewReport) -> Result<pb::Case, Error> {
         let actor = grant.actor();
         let digest = report.digest();
-        if let Some(existing) = self.earlier_report(&actor.id, &report, &digest).await? {
-            debug!(case_id = %existing.id, "report resubmitted, returning the case it created");
-            return Ok(existing);
-        }
+        // A resubmitted report is found when its key is claimed below: looking for it first would
+        // cost every new report a round trip.
         let pb::GeoPoint {
             longitude,
             latitude,
@@ -228,7 +271,7 @@ impl Engine {
             )
         })?;
         grant.check_grid(grid.as_str())?;
-        if !wangge_store::registry::category_exists(&self.pool, &report.category_code).await? {
+        if !self.rules().categories.contains(&report.category_code) {
             return Err(Error::invalid(
                 "category_code",
                 format!("unknown category {:?}", report.category_code),
@@ -247,19 +290,30 @@ impl Engine {
                 .rules()
                 .skips
                 .skips_street(&report.category_code, report.urgency);
+        let community = grid.community();
+        let day = china_day(received);
         let mut tx = self.pool.begin().await?;
-        // The key first: a concurrent copy of this report waits here for ours to commit, then
-        // finds it taken and returns our case.
-        if !intake::claim(&mut tx, &actor.id, &report.client_id, case_id, &digest).await? {
+        // The key first (with the case number): a concurrent copy of this report waits here for
+        // ours to commit, then finds it taken and returns our case.
+        let claimed = intake::claim_numbered(
+            &mut tx,
+            (&actor.id, &report.client_id),
+            case_id,
+            &digest,
+            (community.as_str(), day),
+        )
+        .await?;
+        let Some(sequence) = claimed else {
             drop(tx);
-            debug!("a concurrent copy of the report won, returning its case");
+            debug!(
+                "the report was taken before (a resubmission or a concurrent copy), returning its case"
+            );
             return self
                 .earlier_report(&actor.id, &report, &digest)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("case of client_id {}", report.client_id)));
-        }
-        let number =
-            cases::next_number(&mut tx, grid.community().as_str(), china_day(received)).await?;
+        };
+        let number = cases::case_number(community.as_str(), day, sequence);
         let event = pb::CaseEvent {
             event_id: Uuid::now_v7().to_string(),
             case_id: case_id.to_string(),
@@ -429,6 +483,7 @@ impl Engine {
     ) -> Result<pb::Case, Error> {
         let (after, event) = self.write(&mut tx, before, event).await?;
         tx.commit().await?;
+        self.remember(&event);
         self.relay.wake();
         self.announce(pb::CaseUpdate {
             case: Some(after.clone()),
@@ -448,9 +503,6 @@ impl Engine {
         let after = machine::apply(before, &event)?;
         machine::seal(&mut event, &after);
         let grid = stored_grid(&after)?;
-        let event_id = Uuid::parse_str(&event.event_id)
-            .map_err(|e| Error::invalid("event_id", e.to_string()))?;
-        let case_id = parse_case_id(&event.case_id)?;
         let envelope = pb::Envelope {
             event_id: event.event_id.clone(),
             trace: Default::default(),
@@ -460,18 +512,14 @@ impl Engine {
         if body.len() > self.max_event_bytes {
             return Err(too_large(&event, body.len(), self.max_event_bytes));
         }
-        cases::append(tx, &after, &event).await?;
         let peers: Vec<&str> = self.peers.iter().map(|&t| machine::tier_name(t)).collect();
-        outbox::enqueue(
-            tx,
-            event_id,
-            case_id,
-            event.seq,
-            &wangge_bus::case_subject(&grid),
-            &body,
-            &peers,
-        )
-        .await?;
+        let subject = wangge_bus::case_subject(&grid);
+        let outgoing = cases::Outgoing {
+            subject: &subject,
+            body: &body,
+            peers: &peers,
+        };
+        cases::append(tx, &after, &event, Some(outgoing)).await?;
         Ok((after, event))
     }
 
@@ -570,6 +618,8 @@ impl Engine {
         let (after, merged) = self.write(&mut tx, Some(&case), merged).await?;
         let (target_after, received) = self.write(&mut tx, Some(&target), received).await?;
         tx.commit().await?;
+        self.remember(&merged);
+        self.remember(&received);
         self.relay.wake();
         for (case, event) in [(after.clone(), merged), (target_after, received)] {
             self.announce(pb::CaseUpdate {
@@ -649,6 +699,12 @@ pub(crate) async fn load_rules(
             .await
             .context("cannot read the work calendar")?,
     );
+    let categories = wangge_store::registry::categories(pool, None)
+        .await
+        .context("cannot read the categories")?
+        .into_iter()
+        .map(|c| c.code)
+        .collect();
     let mut calendars = std::collections::HashMap::new();
     for community in grids.communities() {
         let community = community.to_string();
@@ -672,5 +728,6 @@ pub(crate) async fn load_rules(
         skips,
         calendars,
         fallback,
+        categories,
     })
 }

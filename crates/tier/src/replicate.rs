@@ -262,6 +262,10 @@ impl Replicator {
             )
             .await;
         };
+        // Our own event coming back: committed here before it was sent, nothing to do.
+        if event.tier() == self.engine.tier() && self.engine.wrote_recently(event_id) {
+            return Ok(());
+        }
         let incoming = Incoming {
             subject: Some(subject),
             raw: Cow::Borrowed(payload),
@@ -382,7 +386,7 @@ impl Replicator {
             effects.held.push(held);
             return Ok(());
         }
-        cases::append(tx, &after, &event).await?;
+        cases::append(tx, &after, &event, None).await?;
         effects.held.push(held);
         effects.applied += 1;
         effects.updates.push(pb::CaseUpdate {
@@ -443,7 +447,7 @@ impl Replicator {
                 }
             };
             replication::claim_inbox(tx, parked.event_id).await?;
-            cases::append(tx, &after, &event).await?;
+            cases::append(tx, &after, &event, None).await?;
             debug!(%case_id, seq = event.seq, "parked event applied");
             effects.applied += 1;
             effects.updates.push(pb::CaseUpdate {

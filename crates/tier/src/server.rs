@@ -254,7 +254,7 @@ where
             crate::limits::oversized_is_resource_exhausted::<tonic::body::Body>,
         ))
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(without_nagle(TcpListenerStream::new(listener)), signal)
         .await?;
 
     info!("grpc stopped, stopping the background work");
@@ -551,22 +551,50 @@ async fn with_credentials(
     Ok(options)
 }
 
-/// Removes old inbox entries now and then, so the table stays the size of the retention window.
+/// How often the case count's deltas are folded into its total, so they stay few.
+const FOLD_COUNT_EVERY: Duration = Duration::from_secs(30);
+
+/// Removes old inbox entries now and then, so the table stays the size of the retention window,
+/// and folds the case count's deltas more often, so reading the count stays cheap.
 async fn prune_inbox(
     pool: sqlx::PgPool,
     retention: Duration,
     every: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
-        match wangge_store::replication::prune_inbox(&pool, retention).await {
-            Ok(0) => {}
-            Ok(removed) => info!(removed, "old inbox entries removed"),
-            Err(error) => warn!(%error, "inbox pruning failed"),
+        if pruned_at.is_none_or(|at| at.elapsed() >= every) {
+            match wangge_store::replication::prune_inbox(&pool, retention).await {
+                Ok(0) => {}
+                Ok(removed) => info!(removed, "old inbox entries removed"),
+                Err(error) => warn!(%error, "inbox pruning failed"),
+            }
+            pruned_at = Some(tokio::time::Instant::now());
+        }
+        if let Err(error) = wangge_store::cases::count(&pool).await {
+            warn!(%error, "folding the case count failed");
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every.min(FOLD_COUNT_EVERY)) => {}
             _ = stop.cancelled() => return Ok(()),
         }
     }
+}
+
+/// The accepted connections with Nagle's algorithm off: a response is one small write, and with
+/// Nagle on it waits for the client's delayed ACK (~40 ms) before it leaves. tonic's own
+/// `tcp_nodelay` applies only to listeners it binds itself; the tiers serve on an injected one.
+fn without_nagle(
+    incoming: TcpListenerStream,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt as _;
+    incoming.map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            // Served all the same, only slower.
+            warn!(%error, "cannot turn Nagle's algorithm off on a connection");
+        }
+        Ok(stream)
+    })
 }

@@ -53,6 +53,7 @@ impl FieldApp {
         for prefix in prefixes {
             let filter = cases::Filter {
                 grid_prefixes: vec![prefix.clone()],
+                states: vec!["checking".into(), "verifying".into()],
                 pending_check: true,
                 limit: 1000,
                 ..Default::default()
