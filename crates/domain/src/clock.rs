@@ -9,9 +9,20 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{Duration, NaiveDateTime};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDateTime, Utc};
 
 use crate::calendar::WorkCalendar;
+
+/// China Standard Time (UTC+8, no daylight saving): working hours, calendar days and case numbers
+/// are counted in it.
+pub fn china() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("8 h is a valid offset"))
+}
+
+/// A moment as China's wall-clock time, as the work calendar reads it.
+pub fn china_time(at: DateTime<Utc>) -> NaiveDateTime {
+    at.with_timezone(&china()).naive_local()
+}
 
 /// The unit of a time limit, as `seeds/` and the API name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

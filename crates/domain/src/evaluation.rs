@@ -79,14 +79,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use pb::case_event::Kind;
 use wangge_proto as pb;
 use wangge_proto::{CaseState as State, Role, Tier};
 
 use crate::calendar::WorkCalendar;
 use crate::case::is_finished;
-use crate::clock::{Clock, Limit, LimitUnit};
+use crate::clock::{Clock, Limit, LimitUnit, china_time};
 use crate::codes::GridCode;
 use crate::limits::{LimitRules, Stage};
 
@@ -331,13 +331,6 @@ pub fn evaluate<'c>(
     tally.finish()
 }
 
-/// China's time, in which working hours are counted (no daylight saving).
-fn local(at: DateTime<Utc>) -> NaiveDateTime {
-    let china =
-        FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("8 h is a valid offset"));
-    at.with_timezone(&china).naive_local()
-}
-
 fn utc(event: &pb::CaseEvent) -> Option<DateTime<Utc>> {
     let at = event.at?;
     DateTime::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
@@ -472,7 +465,7 @@ fn walk(
     to: DateTime<Utc>,
 ) -> Option<CaseFacts> {
     let reported_utc = utc(first).filter(|&at| at < to)?;
-    let reported = local(reported_utc);
+    let reported = china_time(reported_utc);
     let reporter = first.actor.clone().unwrap_or_default();
     let mut case = CaseFacts {
         grid,
@@ -505,7 +498,7 @@ fn walk(
         if at_utc >= to {
             break;
         }
-        let at = local(at_utc);
+        let at = china_time(at_utc);
         let in_period = at_utc >= from;
         let after = event.state_after();
         let actor = event.actor.clone().unwrap_or_default();
@@ -644,7 +637,7 @@ fn walk(
             reported,
             &case_stops,
             &case_extensions,
-            local(to),
+            china_time(to),
         );
         case.open_overdue = overdue == Some(false);
     }
@@ -848,8 +841,7 @@ mod tests {
     /// `"11-23 09:00"`: that minute of 2026 in China time.
     fn t(s: &str) -> DateTime<Utc> {
         let local = NaiveDateTime::parse_from_str(&format!("2026-{s}"), "%Y-%m-%d %H:%M").unwrap();
-        FixedOffset::east_opt(8 * 3600)
-            .unwrap()
+        crate::clock::china()
             .from_local_datetime(&local)
             .unwrap()
             .with_timezone(&Utc)

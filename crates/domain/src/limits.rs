@@ -15,14 +15,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use wangge_proto as pb;
 use wangge_proto::CaseState as State;
 /// The urgency of a case, which the rules are written for (re-exported for their users).
 pub use wangge_proto::Urgency;
 
 use crate::calendar::WorkCalendar;
-use crate::clock::{Clock, Limit, Standing};
+use crate::clock::{Clock, Limit, Standing, china_time};
 
 /// A stage of the loop with a limit of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -272,16 +272,9 @@ pub struct CaseClocks {
     pub case: Option<Standing>,
 }
 
-/// China's time, in which working hours are counted (no daylight saving).
-fn local(at: DateTime<Utc>) -> NaiveDateTime {
-    let china =
-        FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("8 h is a valid offset"));
-    at.with_timezone(&china).naive_local()
-}
-
 fn event_time(event: &pb::CaseEvent) -> Option<NaiveDateTime> {
     let at = event.at?;
-    DateTime::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32).map(local)
+    DateTime::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32).map(china_time)
 }
 
 /// The clocks of the case whose history is `history` (in order, starting with its report), at
@@ -307,7 +300,7 @@ pub fn case_clocks(
     let (Some(reported_at), urgency) = (event_time(first), report.urgency()) else {
         return none;
     };
-    let now = local(now);
+    let now = china_time(now);
 
     // When the current stage began: the first event of the last run of events in that stage.
     let mut current: Option<(Stage, NaiveDateTime)> = None;
@@ -528,8 +521,7 @@ mod tests {
 
     /// An event of `kind` at `hh:mm` China time on 24 November 2026 (a Tuesday), leading to `state`.
     fn event(seq: u64, hm: (u32, u32), state: State, kind: Kind) -> pb::CaseEvent {
-        let at = FixedOffset::east_opt(8 * 3600)
-            .unwrap()
+        let at = crate::clock::china()
             .with_ymd_and_hms(2026, 11, 24, hm.0, hm.1, 0)
             .unwrap()
             .with_timezone(&Utc);
@@ -546,8 +538,7 @@ mod tests {
     }
 
     fn china(hm: (u32, u32)) -> DateTime<Utc> {
-        FixedOffset::east_opt(8 * 3600)
-            .unwrap()
+        crate::clock::china()
             .with_ymd_and_hms(2026, 11, 24, hm.0, hm.1, 0)
             .unwrap()
             .with_timezone(&Utc)

@@ -90,13 +90,7 @@ impl Admin {
         if let Some(error) = &scans.last_error {
             problems.push(format!("supervision: the scan fails: {error}"));
         }
-        let today = engine
-            .now()
-            .with_timezone(
-                &chrono::FixedOffset::east_opt(8 * 3600)
-                    .unwrap_or_else(|| unreachable!("8 h is a valid offset")),
-            )
-            .date_naive();
+        let today = wangge_domain::clock::china_time(engine.now()).date();
         match until {
             None => warnings.push(
                 "calendar: no work calendar is loaded; working time counts Monday to Friday"

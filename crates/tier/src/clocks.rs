@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use wangge_domain::calendar::WorkCalendar;
 use wangge_domain::case::{is_finished, stage_of};
-use wangge_domain::clock::{Clock, Light, Limit, LimitUnit, Standing};
+use wangge_domain::clock::{Clock, Light, Limit, LimitUnit, Standing, china, china_time};
 use wangge_domain::limits::{LimitRules, SkipRules, Stage};
 use wangge_proto as pb;
 
@@ -76,10 +76,6 @@ fn limit_of(limit: &pb::TimeLimit) -> Option<Limit> {
     })
 }
 
-fn china() -> FixedOffset {
-    FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("8 h is a valid offset"))
-}
-
 /// A wire timestamp as China local time (where working hours are counted).
 pub fn local(at: Option<prost_types::Timestamp>) -> Option<NaiveDateTime> {
     let at = at?;
@@ -130,7 +126,7 @@ fn standing(
 /// with every approved extension, stopped when it finished). Hung spans stop both.
 pub fn clocks(case: &pb::Case, rules: &Rules, now: DateTime<Utc>) -> pb::CaseClocks {
     let calendar = rules.calendar(&case.community_code);
-    let now = now.with_timezone(&china()).naive_local();
+    let now = china_time(now);
     let stops: Vec<(NaiveDateTime, Option<NaiveDateTime>)> = case
         .pauses
         .iter()

@@ -7,7 +7,7 @@
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -98,9 +98,7 @@ pub(crate) fn wire_time(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// Case numbers count days in China Standard Time.
 fn china_day(at: DateTime<Utc>) -> chrono::NaiveDate {
-    let offset = FixedOffset::east_opt(8 * 3600)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
-    at.with_timezone(&offset).date_naive()
+    wangge_domain::clock::china_time(at).date()
 }
 
 pub fn parse_case_id(id: &str) -> Result<Uuid, Error> {
