@@ -151,9 +151,10 @@ async fn a_flooding_caller_is_refused_and_another_is_served_in_its_usual_time() 
         (accepted as f64) <= allowed,
         "the flooder got {accepted} calls through, more than the {allowed:.0} its limit allows"
     );
-    // Measured on a 2-core machine (debug build): usual 48 ms; during the limited flood 52-55 ms;
-    // with the limit lifted, the same flood makes it 337 ms. The bound sits far from both.
-    let bound = usual_median * 2 + Duration::from_millis(20);
+    // Measured on a 2-core machine (debug build, Nagle off): usual 10-14 ms; during the limited
+    // flood 21-36 ms, up to 76 ms with a build running beside it; with the limit lifted, the same
+    // flood makes it 646 ms. The bound (~150 ms) sits far from both.
+    let bound = usual_median * 2 + Duration::from_millis(120);
     assert!(
         during_median <= bound,
         "the neighbour waited {during_median:?} (median) during the flood, usually {usual_median:?}"

@@ -71,7 +71,10 @@ impl TierHandle {
         client_tls: Option<ClientTlsConfig>,
         tweak: impl FnOnce(&mut Config),
     ) -> TierHandle {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Below the ephemeral range, so that a restart finds the port free (see `free_port`).
+        let listener = TcpListener::bind(("127.0.0.1", crate::free_port()))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config::defaults(tier);
         config.scope = scope.to_owned();

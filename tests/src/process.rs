@@ -9,7 +9,7 @@ use crate::Channel;
 use tokio::process::{Child, Command};
 use wangge_proto::Tier;
 
-use crate::{eventually, free_port};
+use crate::free_port;
 
 /// Where the tier binaries are: `WANGGE_BIN_DIR`, else the target dir this test runs from.
 pub fn binary(tier: Tier) -> PathBuf {
@@ -136,11 +136,51 @@ impl TierProcess {
             .spawn()
             .expect("start tier binary");
         self.child = Some(child);
-        let addr = self.addr;
-        eventually("the tier process to serve", Duration::from_secs(30), || {
-            crate::serving(addr)
-        })
-        .await;
+        self.until_serving(Duration::from_secs(30)).await;
+    }
+
+    /// Waits for SERVING; a process that exits or never serves fails the test with its log's end.
+    async fn until_serving(&mut self, within: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            if crate::serving(self.addr).await.is_some() {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "{:?} tier on {} exited before serving ({status}){}",
+                    self.tier,
+                    self.addr,
+                    self.log_tail()
+                );
+            }
+            assert!(
+                started.elapsed() < within,
+                "timed out after {within:?} waiting for the {:?} tier on {} to serve{}",
+                self.tier,
+                self.addr,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the tier's log, for a failure message; empty when it has none.
+    fn log_tail(&self) -> String {
+        let Some(text) = self
+            .log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("; the end of its log:\n{tail}")
     }
 
     pub fn pid(&self) -> Option<u32> {
