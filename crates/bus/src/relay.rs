@@ -197,15 +197,23 @@ impl Relay {
     /// and the peers keep up).
     async fn publish_round(&mut self) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await.map_err(wangge_store::Error::from)?;
-        let in_flight =
-            outbox::in_flight(&mut tx, FLIGHT_TIME, self.settings.peers, MAX_IN_FLIGHT).await?;
-        let room = (MAX_IN_FLIGHT - in_flight).clamp(0, self.settings.batch - LIVE_ROWS);
-        let limit = LIVE_ROWS + room;
-        let rows = outbox::claim_unpublished(&mut tx, LIVE_ROWS, limit).await?;
+        let mut rows = outbox::claim_newest(&mut tx, LIVE_ROWS).await?;
         if rows.is_empty() {
             return Ok(false);
         }
-        let full = rows.len() as i64 == limit && room > 0;
+        // Fewer than the live rows: there is no backlog, and nothing to pace. Only behind a full
+        // set of live rows is what is in flight counted (a statement that walks the window of
+        // recent sends, which live traffic alone would otherwise pay on every round).
+        let mut full = false;
+        if rows.len() as i64 == LIVE_ROWS {
+            let in_flight =
+                outbox::in_flight(&mut tx, FLIGHT_TIME, self.settings.peers, MAX_IN_FLIGHT).await?;
+            let room = (MAX_IN_FLIGHT - in_flight).clamp(0, self.settings.batch - LIVE_ROWS);
+            let taken: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+            let backlog = outbox::claim_oldest(&mut tx, &taken, room).await?;
+            full = room > 0 && backlog.len() as i64 == room;
+            rows.extend(backlog);
+        }
         let created = self.incarnation().await?;
         let results = self.send(&rows).await;
         let any_through = results.iter().any(Result::is_ok);

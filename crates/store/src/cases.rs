@@ -212,15 +212,26 @@ pub async fn open_nearby(
         .await?)
 }
 
-const NEARBY_SQL: &str = "SELECT id, number, longitude, latitude, reported_at FROM cases
-     WHERE category_code = $1
-       AND floor(longitude * 1000)::integer = ANY($9)
-       AND floor(latitude * 1000)::integer = ANY($10)
-       AND reported_at >= $2 AND state <> ALL($3)
-       AND longitude BETWEEN $4 - $6 AND $4 + $6 AND latitude BETWEEN $5 - $7 AND $5 + $7
-     ORDER BY reported_at DESC LIMIT $8";
+/// One index range per cell the box touches: the same plan whatever the planner knows. The form
+/// with `= ANY` over both cell arrays let a generic plan on a table without statistics (a new
+/// database, autovacuum off) fall back to a bitmap scan of the category's whole window: 631 pages
+/// and 1.2 ms a report at 25 000 cases, growing with the history.
+const NEARBY_SQL: &str = "SELECT c.id, c.number, c.longitude, c.latitude, c.reported_at
+     FROM unnest($9::integer[]) AS x(cell)
+     CROSS JOIN unnest($10::integer[]) AS y(cell)
+     CROSS JOIN LATERAL (
+        SELECT id, number, longitude, latitude, reported_at FROM cases
+        WHERE category_code = $1
+          AND floor(longitude * 1000)::integer = x.cell
+          AND floor(latitude * 1000)::integer = y.cell
+          AND reported_at >= $2 AND state <> ALL($3)
+          AND longitude BETWEEN $4 - $6 AND $4 + $6 AND latitude BETWEEN $5 - $7 AND $5 + $7
+        ORDER BY reported_at DESC LIMIT $8
+     ) c
+     ORDER BY c.reported_at DESC LIMIT $8";
 
-/// How PostgreSQL runs [`open_nearby`] (`EXPLAIN ANALYZE`, JSON), for the plan test.
+/// How PostgreSQL runs [`open_nearby`] (`EXPLAIN ANALYZE`, JSON), for the plan test: the generic
+/// plan, the one a prepared statement settles on after a few runs, which sees no parameter values.
 pub async fn explain_open_nearby(
     pool: &PgPool,
     category: &str,
@@ -230,21 +241,36 @@ pub async fn explain_open_nearby(
 ) -> Result<serde_json::Value> {
     let columns = cells(longitude - d_longitude, longitude + d_longitude);
     let rows = cells(latitude - d_latitude, latitude + d_latitude);
-    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {NEARBY_SQL}");
-    let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&sql)
-        .bind(category)
-        .bind(since)
-        .bind(&FINISHED_STATES[..])
-        .bind(longitude)
-        .bind(latitude)
-        .bind(d_longitude)
-        .bind(d_latitude)
-        .bind(10_i64)
-        .bind(&columns)
-        .bind(&rows)
-        .fetch_one(pool)
+    // A connection of its own, closed afterwards: the setting and the statement go with it.
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
         .await?;
-    Ok(plan.0)
+    sqlx::query(&format!(
+        "PREPARE nearby_explained (text, timestamptz, text[], float8, float8, float8, float8, \
+                                   bigint, integer[], integer[]) AS {NEARBY_SQL}"
+    ))
+    .execute(&mut conn)
+    .await?;
+    // EXECUTE takes no bound parameters inside EXPLAIN: the values are written out.
+    let text = |value: &str| format!("'{}'", value.replace('\'', "''"));
+    let integers = |values: &[i32]| {
+        let listed: Vec<String> = values.iter().map(i32::to_string).collect();
+        format!("'{{{}}}'::integer[]", listed.join(","))
+    };
+    let finished: Vec<String> = FINISHED_STATES.iter().map(|s| s.to_string()).collect();
+    let explained: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE nearby_explained ({}, {}::timestamptz, \
+         {}::text[], {longitude}, {latitude}, {d_longitude}, {d_latitude}, 10, {}, {})",
+        text(category),
+        text(&since.to_rfc3339()),
+        text(&format!("{{{}}}", finished.join(","))),
+        integers(&columns),
+        integers(&rows),
+    ))
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(explained.0)
 }
 
 #[cfg(test)]

@@ -56,39 +56,40 @@ pub async fn enqueue(
 const COLUMNS: &str =
     "event_id, subject, body, sends, failures, checks, stream_seq, stream_created, created_at";
 
-/// Unpublished events that are due, locked so a second relay skips them: the `newest` ones first
-/// (live reports do not wait behind a backlog), then the oldest up to `limit` in all.
-pub async fn claim_unpublished(
-    conn: &mut PgConnection,
-    newest: i64,
-    limit: i64,
-) -> Result<Vec<Pending>> {
-    let mut rows: Vec<Pending> = sqlx::query_as(&format!(
+/// The newest `limit` unpublished events that are due, locked so a second relay skips them, oldest
+/// first: the live rows of a round, which never wait behind a backlog.
+pub async fn claim_newest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>> {
+    Ok(sqlx::query_as(&format!(
         "SELECT * FROM (
             SELECT {COLUMNS} FROM outbox
             WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp()
             ORDER BY created_at DESC, event_id DESC LIMIT $1 FOR UPDATE SKIP LOCKED
          ) live ORDER BY created_at, event_id"
     ))
-    .bind(newest)
-    .fetch_all(&mut *conn)
-    .await?;
-    if (rows.len() as i64) < newest {
-        return Ok(rows);
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The oldest `limit` unpublished events that are due, other than `taken`, locked: the backlog.
+pub async fn claim_oldest(
+    conn: &mut PgConnection,
+    taken: &[Uuid],
+    limit: i64,
+) -> Result<Vec<Pending>> {
+    if limit <= 0 {
+        return Ok(Vec::new());
     }
-    let taken: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let backlog: Vec<Pending> = sqlx::query_as(&format!(
+    Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM outbox
          WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp()
            AND NOT (event_id = ANY($1))
          ORDER BY created_at, event_id LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
-    .bind(&taken)
-    .bind(limit - newest)
+    .bind(taken)
+    .bind(limit)
     .fetch_all(conn)
-    .await?;
-    rows.extend(backlog);
-    Ok(rows)
+    .await?)
 }
 
 /// How many events were published within `within` and not yet confirmed by any of their `peers`
