@@ -8,6 +8,13 @@
 //!   end, report → street and → district latency at fixed offered loads (open loop), CPU per
 //!   report per process, and how fast a backlog drains while live reports go on.
 //!
+//! `--scale` is another run (`scale`): whether the calls stay flat in the size of the history. It
+//! loads a synthetic history of a district (`history`: years of cases built through the state
+//! machine, mostly closed, the recent ones open) into the tiers at a small size (1k cases), times
+//! every read of the console, the field app and `GetStatus`, the first message of the watches and
+//! the first steps of a case from outside, grows the history to a large size (1M) and times them
+//! again: each call at both sizes, the ratio of the medians and the target (≤ 2x).
+//!
 //! Arrival at the street and district is seen on their consoles' live watches, never by counting
 //! rows. Every wait has a deadline; a phase that fails is reported and the next one runs; the exit
 //! status is non-zero if any failed. Nothing asserts on speed. Prints a table and writes every
@@ -15,11 +22,13 @@
 
 mod baseline;
 mod drain;
+mod history;
 mod load;
 mod meter;
 mod phases;
 mod procfs;
 mod report;
+mod scale;
 mod system;
 
 use std::path::PathBuf;
@@ -67,6 +76,32 @@ pub struct Args {
     /// Keep the work directory (the tiers' and nats-server's logs) even when all went well.
     #[arg(long)]
     keep_logs: bool,
+    /// Leave the bench's databases in place at the end (their names are printed), to look into
+    /// them (EXPLAIN a slow call's query, say); drop them yourself afterwards.
+    #[arg(long)]
+    keep_databases: bool,
+    /// The scale mode instead of the throughput run: loads a synthetic history of
+    /// --scale-small cases (a district's years, mostly closed, the recent ones open) into all
+    /// three tiers, times every read of the console, the field app and GetStatus, the first
+    /// message of the watches, a report and the street's first steps on it, from outside; grows
+    /// the history to --scale-cases and times them again. Prints each call at both sizes and the
+    /// ratio of the medians against the target (≤ 2x). Loading 1M cases takes a few minutes and
+    /// ~25 GB of disk (the history and the three tiers' copies of it).
+    #[arg(long, conflicts_with_all = ["short", "backlog", "rates", "clients"])]
+    scale: bool,
+    /// The large history of --scale, cases.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_cases: u64,
+    /// The small history of --scale, cases: the newest of the large one.
+    #[arg(long, default_value_t = 1_000)]
+    scale_small: u64,
+    /// The years the history of --scale reaches back.
+    #[arg(long, default_value_t = 3.0)]
+    scale_years: f64,
+    /// Timed calls of each kind at each size, after up to 5 untimed ones (a kind is timed for at
+    /// most 60 s once it has 5).
+    #[arg(long, default_value_t = 100)]
+    scale_calls: usize,
 }
 
 /// How long each phase runs.
@@ -131,15 +166,29 @@ impl Plan {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::of(&args);
+    let mode = if args.scale {
+        "scale"
+    } else if args.short {
+        "short"
+    } else {
+        "full"
+    };
     let begun = Instant::now();
     let mut report = Report::default();
     report.meta("wangge_bench", json!(1));
-    report.meta("mode", json!(if args.short { "short" } else { "full" }));
+    report.meta("mode", json!(mode));
     report.meta("started_at", json!(chrono::Utc::now().to_rfc3339()));
     report.meta("machine", procfs::machine());
     report.meta("git", git());
-    report.meta(
-        "settings",
+    let settings = if args.scale {
+        json!({
+            "scale_small": args.scale_small,
+            "scale_cases": args.scale_cases,
+            "scale_years": args.scale_years,
+            "scale_calls": args.scale_calls,
+            "scope": load::SCOPE,
+        })
+    } else {
         json!({
             "clients": plan.clients,
             "rates": plan.rates,
@@ -152,8 +201,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "drain_window_s": plan.drain_window.as_secs_f64(),
             "live_rate": plan.live_rate,
             "scope": load::SCOPE,
-        }),
-    );
+        })
+    };
+    report.meta("settings", settings);
     let json_path = args.json.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "bench-{}.json",
@@ -174,19 +224,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         watches: Vec::new(),
     };
     let outcome = tokio::select! {
-        outcome = phases::all(&args, &plan, &mut world, &mut report) => outcome,
+        outcome = async {
+            if args.scale {
+                scale::all(&args, &mut world, &mut report).await
+            } else {
+                phases::all(&args, &plan, &mut world, &mut report).await
+            }
+        } => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
     if let Err(error) = &outcome {
         report.note(format!("the run stopped early: {error:#}"));
     }
     eprintln!("==> tearing down");
-    world.teardown(&mut report, args.keep_logs).await;
+    world
+        .teardown(&mut report, args.keep_logs, args.keep_databases)
+        .await;
     report.meta("seconds", json!(begun.elapsed().as_secs_f64()));
 
     println!(
-        "\nwangge bench ({}), {:.0} s{}",
-        if args.short { "short" } else { "full" },
+        "\nwangge bench ({mode}), {:.0} s{}",
         begun.elapsed().as_secs_f64(),
         report.table()
     );

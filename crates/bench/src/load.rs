@@ -53,7 +53,7 @@ const CATEGORIES: [&str; 20] = [
 
 /// A well-mixed 64-bit hash (splitmix64): the same report number picks the same point and
 /// category in every run.
-fn mix(n: u64) -> u64 {
+pub fn mix(n: u64) -> u64 {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -70,6 +70,11 @@ pub struct Grid {
 /// The grids of the scope from the seeds, each with points drawn inside its boundary (its
 /// interior point first).
 pub fn grids(seeds: &Path) -> anyhow::Result<Vec<Grid>> {
+    grids_with(seeds, SPOTS_PER_GRID)
+}
+
+/// [`grids`] with up to `spots_per_grid` points in each.
+pub fn grids_with(seeds: &Path, spots_per_grid: usize) -> anyhow::Result<Vec<Grid>> {
     let mut out = Vec::new();
     for (g, grid) in wangge_seed::load_grids(seeds)
         .with_context(|| format!("reading the grids of {}", seeds.display()))?
@@ -82,8 +87,8 @@ pub fn grids(seeds: &Path) -> anyhow::Result<Vec<Grid>> {
         if let Some(rect) = grid.boundary.bounding_rect() {
             let (min, max) = (rect.min(), rect.max());
             let mut draw = mix(g as u64);
-            for _ in 0..SPOTS_PER_GRID * 50 {
-                if spots.len() >= SPOTS_PER_GRID {
+            for _ in 0..spots_per_grid * 50 {
+                if spots.len() >= spots_per_grid {
                     break;
                 }
                 draw = mix(draw);
@@ -119,7 +124,7 @@ pub fn persona(key: &SigningKey, name: &str) -> anyhow::Result<MetadataValue<Asc
     bearer(key, &claims)
 }
 
-fn authorized<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
+pub fn authorized<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()

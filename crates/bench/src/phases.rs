@@ -36,7 +36,7 @@ impl World {
             .with_context(|| format!("the {name} tier is not running"))
     }
 
-    pub async fn teardown(&mut self, report: &mut Report, keep: bool) {
+    pub async fn teardown(&mut self, report: &mut Report, keep: bool, keep_databases: bool) {
         for watch in self.watches.drain(..) {
             watch.abort();
         }
@@ -45,6 +45,12 @@ impl World {
         }
         if let Some(nats) = self.nats.as_mut() {
             nats.stop().await;
+        }
+        if keep_databases {
+            let kept = self.databases.forget();
+            if !kept.is_empty() {
+                report.note(format!("databases kept: {}", kept.join(", ")));
+            }
         }
         let started = Instant::now();
         let failed = self.databases.drop_all().await;
@@ -87,6 +93,7 @@ macro_rules! phase {
         outcome
     }};
 }
+pub(crate) use phase;
 
 /// What the set-up made.
 pub(crate) struct Setup {
@@ -100,14 +107,7 @@ pub(crate) struct Setup {
 }
 
 async fn set_up(args: &Args, world: &mut World, report: &mut Report) -> anyhow::Result<Setup> {
-    let mut admin = world.databases.admin().await?;
-    let version: String = sqlx::query_scalar("SELECT version()")
-        .fetch_one(&mut admin)
-        .await?;
-    report.meta("postgres", json!(version));
-    let village_db = world.databases.create("village", None).await?;
-    let imported = system::seed(&world.databases, &village_db, &args.seeds).await?;
-    eprintln!("    seeded {village_db}: {imported} rows");
+    let village_db = seeded(args, world, report, "village").await?;
     // The other tiers' databases are copies of the seeded one: the same schema and registry.
     let street_db = world.databases.create("street", Some(&village_db)).await?;
     let district_db = world
@@ -115,15 +115,8 @@ async fn set_up(args: &Args, world: &mut World, report: &mut Report) -> anyhow::
         .create("district", Some(&village_db))
         .await?;
     let raw_db = world.databases.create("raw", None).await?;
-
-    let binary = system::nats_binary()?;
-    report.meta("nats_server", json!(system::nats_version(&binary)));
-    let nats = Nats::start(&binary, &world.work).await?;
-    let nats_url = nats.url();
-    world.nats = Some(nats);
-
-    let (private, public_key) = wangge_auth::keys::generate(&world.work.join("keys"), "bench")?;
-    let key = SigningKey::load(&private)?;
+    let nats_url = start_nats(world, report).await?;
+    let (key, public_key) = keys(world)?;
     Ok(Setup {
         village_db,
         street_db,
@@ -133,6 +126,79 @@ async fn set_up(args: &Args, world: &mut World, report: &mut Report) -> anyhow::
         key,
         public_key,
     })
+}
+
+/// Makes the database `what`, migrated and seeded with the importer (and notes the server's
+/// version); returns its name.
+pub(crate) async fn seeded(
+    args: &Args,
+    world: &mut World,
+    report: &mut Report,
+    what: &str,
+) -> anyhow::Result<String> {
+    let mut admin = world.databases.admin().await?;
+    let version: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&mut admin)
+        .await?;
+    report.meta("postgres", json!(version));
+    let name = world.databases.create(what, None).await?;
+    let imported = system::seed(&world.databases, &name, &args.seeds).await?;
+    eprintln!("    seeded {name}: {imported} rows");
+    Ok(name)
+}
+
+/// Starts a nats-server with JetStream in the work directory (and notes its version); its URL.
+pub(crate) async fn start_nats(world: &mut World, report: &mut Report) -> anyhow::Result<String> {
+    let binary = system::nats_binary()?;
+    report.meta("nats_server", json!(system::nats_version(&binary)));
+    let nats = Nats::start(&binary, &world.work).await?;
+    let url = nats.url();
+    world.nats = Some(nats);
+    Ok(url)
+}
+
+/// The run's key pair: the bench signs its callers' tokens, the tiers trust the public key.
+pub(crate) fn keys(world: &World) -> anyhow::Result<(SigningKey, PathBuf)> {
+    let (private, public_key) = wangge_auth::keys::generate(&world.work.join("keys"), "bench")?;
+    Ok((SigningKey::load(&private)?, public_key))
+}
+
+/// Where the tier binaries are: `--bin-dir`, else beside this executable.
+pub(crate) fn bin_dir(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.bin_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the executable has no folder")?
+            .to_owned()),
+    }
+}
+
+/// Starts the three tiers on their databases (village, street, district, in that order), all
+/// serving the bench's scope; each is in `world.tiers` once SERVING. Returns each one's time from
+/// spawn to SERVING, ms.
+pub(crate) async fn start_tiers(
+    world: &mut World,
+    bin_dir: &Path,
+    databases: [(&'static str, &str); 3],
+    nats_url: &str,
+    public_key: &Path,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut serving = Vec::new();
+    for (name, database) in databases {
+        let launch = Launch {
+            bin_dir,
+            work: &world.work,
+            scope: load::SCOPE,
+            database_url: world.databases.url(database),
+            nats_url: nats_url.to_owned(),
+            public_key,
+        };
+        let (tier, took) = TierProcess::start(name, launch).await?;
+        world.tiers.push(tier);
+        serving.push((name.to_owned(), took.as_secs_f64() * 1000.0));
+    }
+    Ok(serving)
 }
 
 /// Every phase in order; figures go into `report` as they are measured.
@@ -152,33 +218,21 @@ pub(crate) async fn all(
     baselines(plan, world, &setup, report).await;
 
     report.section("The system: village, street and district");
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the executable has no folder")?
-            .to_owned(),
-    };
+    let bin_dir = bin_dir(args)?;
     report.meta("bin_dir", json!(bin_dir.display().to_string()));
     let started = phase!(report, "start the tiers", async {
-        let mut serving = Vec::new();
-        for (name, database) in [
-            ("village", &setup.village_db),
-            ("street", &setup.street_db),
-            ("district", &setup.district_db),
-        ] {
-            let launch = Launch {
-                bin_dir: &bin_dir,
-                work: &world.work,
-                scope: load::SCOPE,
-                database_url: world.databases.url(database),
-                nats_url: setup.nats_url.clone(),
-                public_key: &setup.public_key,
-            };
-            let (tier, took) = TierProcess::start(name, launch).await?;
-            world.tiers.push(tier);
-            serving.push((name.to_owned(), took.as_secs_f64() * 1000.0));
-        }
+        let serving = start_tiers(
+            world,
+            &bin_dir,
+            [
+                ("village", &setup.village_db),
+                ("street", &setup.street_db),
+                ("district", &setup.district_db),
+            ],
+            &setup.nats_url,
+            &setup.public_key,
+        )
+        .await?;
         report.parts(
             "system.start_to_serving",
             "start to SERVING (spawn → health SERVING)",

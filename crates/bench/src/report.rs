@@ -37,6 +37,33 @@ impl Dist {
     }
 }
 
+/// One call timed at a small and a large history (the scale mode): the large one's median
+/// against the small one's, and whether it keeps within the target factor.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub key: String,
+    pub label: String,
+    /// What the sizes are called in the table ("1k", "1M").
+    pub sizes: (String, String),
+    pub small: Dist,
+    pub large: Dist,
+    /// Items in the answers (cases, events, updates), on average, at each size.
+    pub items: (f64, f64),
+    /// The most the large median may be, as a multiple of the small one.
+    pub target: f64,
+}
+
+impl Comparison {
+    /// Large median / small median.
+    pub fn ratio(&self) -> f64 {
+        self.large.p50 / self.small.p50
+    }
+
+    pub fn within(&self) -> bool {
+        self.ratio() <= self.target
+    }
+}
+
 /// One line of the table.
 #[derive(Debug, Clone)]
 enum Row {
@@ -61,6 +88,8 @@ enum Row {
         value: f64,
         unit: &'static str,
     },
+    /// A call timed at two sizes of the history, the larger against the smaller.
+    Compare(Comparison),
     /// One figure per part (per process, per tier) on one line.
     Parts {
         key: String,
@@ -163,6 +192,21 @@ impl Report {
         }
     }
 
+    pub fn compare(&mut self, comparison: Comparison) {
+        self.rows.push(Row::Compare(comparison));
+    }
+
+    /// The comparisons that missed their target: (label, ratio).
+    pub fn missed(&self) -> Vec<(String, f64)> {
+        self.rows
+            .iter()
+            .filter_map(|row| match row {
+                Row::Compare(c) if !c.within() => Some((c.label.clone(), c.ratio())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn parts(&mut self, key: &str, label: &str, parts: Vec<(String, f64)>, unit: &'static str) {
         if parts.is_empty() {
             self.note(format!("{label}: not measured"));
@@ -243,6 +287,22 @@ impl Report {
                     ));
                 }
                 Row::Hidden { .. } => {}
+                Row::Compare(c) => {
+                    let mark = if c.within() { "✓" } else { "✗" };
+                    out.push_str(&format!(
+                        "  {:<50} {:>4} {:>6} · {:>6}  {:>4} {:>6} · {:>6} ms  ×{:<6} {mark}  ({} → {} items)\n",
+                        c.label,
+                        c.sizes.0,
+                        number(c.small.p50),
+                        number(c.small.p90),
+                        c.sizes.1,
+                        number(c.large.p50),
+                        number(c.large.p90),
+                        format!("{:.2}", c.ratio()),
+                        number(c.items.0),
+                        number(c.items.1),
+                    ));
+                }
                 Row::Parts {
                     label, parts, unit, ..
                 } => {
@@ -313,6 +373,27 @@ impl Report {
                     figures.insert(
                         key.clone(),
                         json!({ "value": finite(*value), "unit": unit, "label": label }),
+                    );
+                }
+                Row::Compare(c) => {
+                    let dist = |d: &Dist, size: &str, items: f64| {
+                        json!({
+                            "size": size, "count": d.count, "items": finite(items),
+                            "p50": finite(d.p50), "p90": finite(d.p90),
+                            "p99": finite(d.p99), "max": finite(d.max),
+                        })
+                    };
+                    figures.insert(
+                        c.key.clone(),
+                        json!({
+                            "unit": "ms", "label": c.label,
+                            "small": dist(&c.small, &c.sizes.0, c.items.0),
+                            "large": dist(&c.large, &c.sizes.1, c.items.1),
+                            "ratio_p50": finite(c.ratio()),
+                            "ratio_p90": finite(c.large.p90 / c.small.p90),
+                            "target": c.target,
+                            "within": c.within(),
+                        }),
                     );
                 }
                 Row::Parts {

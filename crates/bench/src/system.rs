@@ -68,6 +68,50 @@ impl Databases {
         Ok(name)
     }
 
+    /// Makes `wangge_bench_<what>_<run>` (again, when it exists) as a copy of `template`, file
+    /// by file where the server can (PostgreSQL 15 and later: `STRATEGY FILE_COPY`, which copies
+    /// a large database at disk speed instead of writing it all to the WAL), waiting at most
+    /// `within`; returns its name. Nobody may be connected to `template`.
+    pub async fn copy_of(
+        &mut self,
+        what: &str,
+        template: &str,
+        within: Duration,
+    ) -> anyhow::Result<String> {
+        let name = format!("wangge_bench_{what}_{}", self.run);
+        if self.made.contains(&name) {
+            self.drop_one(&name).await?;
+        }
+        self.made.push(name.clone());
+        let mut admin = self.admin().await?;
+        let version: String = sqlx::query_scalar("SHOW server_version_num")
+            .fetch_one(&mut admin)
+            .await?;
+        let strategy = if version.parse::<u32>().unwrap_or(0) >= 150_000 {
+            " STRATEGY FILE_COPY"
+        } else {
+            ""
+        };
+        let sql = format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}"#);
+        tokio::time::timeout(within, admin.execute(sql.as_str()))
+            .await
+            .with_context(|| format!("copying {template} to {name} took over {within:?}"))?
+            .with_context(|| format!("cannot copy {template} to {name}"))?;
+        Ok(name)
+    }
+
+    /// Drops one database made earlier, with its connections.
+    pub async fn drop_one(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut admin = self.admin().await?;
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+        tokio::time::timeout(Duration::from_secs(60), admin.execute(sql.as_str()))
+            .await
+            .with_context(|| format!("dropping {name} took over 60 s"))?
+            .with_context(|| format!("cannot drop {name}"))?;
+        self.made.retain(|made| made != name);
+        Ok(())
+    }
+
     /// How the bench itself connects to `name`.
     pub fn options(&self, name: &str) -> PgConnectOptions {
         self.admin.clone().database(name)
@@ -85,6 +129,11 @@ impl Databases {
             None => base,
         };
         format!("{server}/{name}{query}")
+    }
+
+    /// Leaves the databases made to whoever wants them: nothing drops them any more. Their names.
+    pub fn forget(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.made)
     }
 
     /// Drops every database made, with its connections; the names that could not be dropped.
