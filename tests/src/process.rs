@@ -124,10 +124,11 @@ impl TierProcess {
                     crate::identity::public_key().display().to_string()
                 ),
             )
-            // Three systems of three tiers run at once in the fault suite: 8 connections a tier
-            // keeps them under PostgreSQL's default max_connections (100) even while every pool
-            // refills after its connections were terminated.
-            .env("WANGGE_DATABASE_MAX_CONNECTIONS", "8")
+            // Three systems of three tiers run at once in the fault suite, each with a checker
+            // reading every tier: 6 connections a tier (54, and 18 for the checkers) keep them well
+            // under PostgreSQL's default max_connections (100), also while every pool refills
+            // after its connections were terminated and a finished system's backends still exit.
+            .env("WANGGE_DATABASE_MAX_CONNECTIONS", "6")
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(stdout)

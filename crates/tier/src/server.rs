@@ -57,7 +57,11 @@ where
     let name = format!("{}-{}", tier_name(tier), scope.prefix());
     let options = PgConnectOptions::from_str(config.database_url.expose_secret())
         .context("database_url is not a PostgreSQL URL")?
-        .application_name(&name);
+        .application_name(&name)
+        // No JIT: a tier's statements are short, and at a district's size a misestimate lifts a
+        // few of them (the evaluation) over JIT's cost thresholds, where compiling took 1.4 s of
+        // a 2.3 s query that runs in 84 ms without (wangge bench --scale, 1M cases).
+        .options([("jit", "off")]);
     let pool = wangge_store::connect(options, config.database_max_connections)
         .await
         .context("cannot open the database")?;
