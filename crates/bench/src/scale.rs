@@ -782,16 +782,7 @@ async fn first_update(
             .into_inner();
         stream.message().await
     };
-    match tokio::time::timeout(CALL_TIMEOUT, first).await {
-        Ok(Ok(Some(_))) => Ok(1),
-        Ok(Ok(None)) => Err(tonic::Status::unknown(
-            "the watch ended before its first update",
-        )),
-        Ok(Err(status)) => Err(status),
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "no first update within {CALL_TIMEOUT:?}"
-        ))),
-    }
+    first_message(first, "update").await
 }
 
 /// Opens the field app's task watch and waits for its first update.
@@ -804,14 +795,22 @@ async fn first_task(channel: &Channel, token: &Token) -> Result<usize, tonic::St
             .into_inner();
         stream.message().await
     };
+    first_message(first, "task").await
+}
+
+/// Awaits a watch's first message (`what` names it), within [`CALL_TIMEOUT`]: one item.
+async fn first_message<T>(
+    first: impl Future<Output = Result<Option<T>, tonic::Status>>,
+    what: &str,
+) -> Result<usize, tonic::Status> {
     match tokio::time::timeout(CALL_TIMEOUT, first).await {
         Ok(Ok(Some(_))) => Ok(1),
-        Ok(Ok(None)) => Err(tonic::Status::unknown(
-            "the watch ended before its first task",
-        )),
+        Ok(Ok(None)) => Err(tonic::Status::unknown(format!(
+            "the watch ended before its first {what}"
+        ))),
         Ok(Err(status)) => Err(status),
         Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-            "no first task within {CALL_TIMEOUT:?}"
+            "no first {what} within {CALL_TIMEOUT:?}"
         ))),
     }
 }
