@@ -36,6 +36,19 @@ impl World {
             .with_context(|| format!("the {name} tier is not running"))
     }
 
+    /// Records a failed phase for each tier that is no longer running.
+    pub fn note_dead_tiers(&mut self, report: &mut Report) {
+        for tier in &mut self.tiers {
+            if let Err(error) = tier.check_alive() {
+                report.phase(
+                    "the tiers ran to the end",
+                    Duration::ZERO,
+                    Some(format!("{error:#}")),
+                );
+            }
+        }
+    }
+
     pub async fn teardown(&mut self, report: &mut Report, keep: bool, keep_databases: bool) {
         for watch in self.watches.drain(..) {
             watch.abort();
@@ -443,15 +456,7 @@ pub(crate) async fn all(
         memory(world, true),
         "MiB",
     );
-    for tier in &mut world.tiers {
-        if let Err(error) = tier.check_alive() {
-            report.phase(
-                "the tiers ran to the end",
-                Duration::ZERO,
-                Some(format!("{error:#}")),
-            );
-        }
-    }
+    world.note_dead_tiers(report);
     for broke in tracker.breaks() {
         report.note(format!("a watch broke and was opened again: {broke}"));
     }

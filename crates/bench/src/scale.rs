@@ -459,14 +459,8 @@ async fn start(
 
 /// Stops the tiers (noting one that died on the way).
 async fn stop_tiers(world: &mut World, report: &mut Report) {
+    world.note_dead_tiers(report);
     for tier in &mut world.tiers {
-        if let Err(error) = tier.check_alive() {
-            report.phase(
-                "the tiers ran to the end",
-                Duration::ZERO,
-                Some(format!("{error:#}")),
-            );
-        }
         tier.stop().await;
     }
     world.tiers.clear();
