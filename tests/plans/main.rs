@@ -20,12 +20,12 @@ const GRIDS: [&str; 4] = [
     "350205003001001",
 ];
 
-/// `count` cases in `state` (department and check as given), spread over the grids, with ids in
-/// random order among the others.
+/// `count` cases in `state` (held by `owner`, department and check as given), spread over the
+/// grids, with ids in random order among the others.
 async fn insert(
     pool: &PgPool,
     count: i64,
-    state: &str,
+    (state, owner): (&str, &str),
     department: Option<&str>,
     check: Option<&str>,
 ) {
@@ -34,8 +34,9 @@ async fn insert(
                             grid_code, state, owner_tier, owner_org, department, check_outcome,
                             check_by_tier, urgency, reporter_id, captured_at, reported_at, updated_at,
                             version, snapshot)
-         SELECT gen_random_uuid(), $2 || '-' || g, $2 || '-c-' || g, 'szcg-01-01', '暴露垃圾',
-                118.0, 24.5, ($5::text[])[1 + g % 4], $2, 'street', '350205002000', $3, $4, 'street',
+         SELECT gen_random_uuid(), concat_ws('-', $2, $6, $3, g), concat_ws('-', 'c', $2, $6, $3, g),
+                'szcg-01-01', '暴露垃圾',
+                118.0, 24.5, ($5::text[])[1 + g % 4], $2, $6, '350205002000', $3, $4, 'street',
                 'URGENCY_NORMAL', 'gw', now() - interval '400 days' + g * interval '1 minute',
                 now() - interval '400 days' + g * interval '1 minute', now() - interval '1 day', 8, ''::bytea
          FROM generate_series(1, $1) AS g",
@@ -45,18 +46,25 @@ async fn insert(
     .bind(department)
     .bind(check)
     .bind(&GRIDS[..])
+    .bind(owner)
     .execute(pool)
     .await
     .unwrap();
 }
 
-/// Every scan of `cases` in a plan: (node type, rows it returned plus rows it read and threw away).
+/// Every scan of `cases` or of one of its indexes in a plan: (node type, rows it returned plus
+/// rows it read and threw away). A bitmap index scan names only its index: the entries it found
+/// count too, so a `BitmapAnd` that reads a department's whole history shows.
 fn scans(plan: &Value, found: &mut Vec<(String, f64)>) {
-    if plan.get("Relation Name").and_then(Value::as_str) == Some("cases") {
+    let relation = plan.get("Relation Name").and_then(Value::as_str);
+    let index = plan.get("Index Name").and_then(Value::as_str);
+    let node = plan.get("Node Type").and_then(Value::as_str).unwrap_or("?");
+    let of_cases = relation == Some("cases")
+        || (node == "Bitmap Index Scan" && index.is_some_and(|i| i.starts_with("cases_")));
+    if of_cases {
         let number = |key: &str| plan.get(key).and_then(Value::as_f64).unwrap_or(0.0);
         let loops = number("Actual Loops").max(1.0);
         let read = (number("Actual Rows") + number("Rows Removed by Filter")) * loops;
-        let node = plan.get("Node Type").and_then(Value::as_str).unwrap_or("?");
         found.push((node.to_owned(), read));
     }
     for child in plan
@@ -95,22 +103,41 @@ async fn reads_at_most(pool: &PgPool, what: &str, filter: &Filter, bound: f64) -
 async fn lists_read_a_page_not_the_history() {
     let db = TestDb::seeded("plans").await;
     let pool = db.pool().await;
+    let department = Some("350205002-cgzd");
     insert(
         &pool,
         CLOSED,
-        "closed",
-        Some("350205002-cgzd"),
+        ("closed", "street"),
+        department,
         Some("passed"),
     )
     .await;
-    insert(&pool, 400, "reported", None, None).await;
-    insert(&pool, 300, "in_progress", Some("350205002-cgzd"), None).await;
+    insert(&pool, 400, ("reported", "street"), None, None).await;
+    insert(&pool, 300, ("in_progress", "street"), department, None).await;
     insert(
         &pool,
         200,
-        "checking",
-        Some("350205002-cgzd"),
+        ("checking", "street"),
+        department,
         Some("pending"),
+    )
+    .await;
+    // A few the district holds itself, and a department's few open ones among its closed history.
+    insert(&pool, 40, ("in_progress", "district"), None, None).await;
+    insert(
+        &pool,
+        8,
+        ("dispatched", "street"),
+        Some("350205002-szj"),
+        None,
+    )
+    .await;
+    insert(
+        &pool,
+        CLOSED / 4,
+        ("closed", "street"),
+        Some("350205002-szj"),
+        Some("passed"),
     )
     .await;
     sqlx::query("ANALYZE cases").execute(&pool).await.unwrap();
@@ -143,14 +170,34 @@ async fn lists_read_a_page_not_the_history() {
     let mut later = open(&["reported"]);
     later.after = Some(ids[250]);
     reads_at_most(&pool, "reported, a later page", &later, bound).await;
-    // The console narrowed to a grid.
+    // The console narrowed to a grid, and to a community: the grid's own range.
     let mut grid = open(&["in_progress"]);
     grid.grid_prefixes = vec![GRIDS[0].into()];
-    reads_at_most(&pool, "in progress in one grid", &grid, bound * 4.0).await;
+    reads_at_most(&pool, "in progress in one grid", &grid, bound).await;
+    let mut community = open(&live);
+    community.grid_prefixes = vec!["350205002006".into()];
+    // At most a page of each (grid, state) range that holds cases: 2 grids, 3 such states.
+    let ranges = (2 * 3 * PAGE) as f64;
+    reads_at_most(&pool, "open states of one community", &community, ranges).await;
+    let mut closed_in_community = open(&["closed"]);
+    closed_in_community.grid_prefixes = vec!["350205002006".into()];
+    reads_at_most(
+        &pool,
+        "closed in one community",
+        &closed_in_community,
+        bound,
+    )
+    .await;
     // The department's list (ListAssigned): its open cases, not the closed ones it handled.
     let mut assigned = open(&["dispatched", "in_progress"]);
     assigned.department = Some("350205002-cgzd".into());
     reads_at_most(&pool, "a department's work", &assigned, bound).await;
+    assigned.department = Some("350205002-szj".into());
+    reads_at_most(&pool, "a department's few open cases", &assigned, 40.0).await;
+    // The cases the district holds itself, among the streets' open ones.
+    let mut held = open(&live);
+    held.owner_tier = Some("district".into());
+    reads_at_most(&pool, "the district's own open cases", &held, 80.0).await;
     // The field app's tasks: pending checks and verifications of a grid.
     let tasks = Filter {
         states: vec!["checking".into(), "verifying".into()],
@@ -160,10 +207,51 @@ async fn lists_read_a_page_not_the_history() {
         ..Default::default()
     };
     reads_at_most(&pool, "field tasks", &tasks, 400.0).await;
-    // The console without a state filter pages the primary key: a page of its grid's rows.
+    // A grid worker's whole grid, every state: a page of each state's range of the grid.
     let mut everything = open(&[]);
     everything.grid_prefixes = vec![GRIDS[2].into()];
-    reads_at_most(&pool, "every state, one grid", &everything, bound * 4.0).await;
+    reads_at_most(&pool, "every state, one grid", &everything, bound).await;
+    let listed = cases::list(&pool, &everything).await.unwrap();
+    assert_eq!(listed.len(), PAGE as usize, "a full page of the grid");
+    // The district's console without a state filter pages the primary key.
+    reads_at_most(&pool, "every state, the district", &open(&[]), bound).await;
+
+    // And each finds what it should: every match when they fit in the page.
+    let whole = |mut filter: Filter| {
+        filter.limit = 10_000;
+        filter
+    };
+    for (what, filter, expected) in [
+        (
+            "the community's open cases",
+            whole(community),
+            "grid_code LIKE '350205002006%' AND state IN ('reported', 'accepted', 'dispatched', 'in_progress', 'handled', 'checking')",
+        ),
+        (
+            "the department's few",
+            whole(assigned),
+            "department = '350205002-szj' AND state IN ('dispatched', 'in_progress')",
+        ),
+        (
+            "the district's own",
+            whole(held),
+            "owner_tier = 'district' AND state <> 'closed'",
+        ),
+        (
+            "the field tasks",
+            whole(tasks),
+            "grid_code = '350205002006002' AND state = 'checking'",
+        ),
+    ] {
+        let listed = cases::list(&pool, &filter).await.unwrap().len();
+        let counted: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM cases WHERE {expected}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(listed as i64, counted, "{what}");
+        assert!(counted > 0, "{what}: nothing to find");
+    }
 
     // The case count is read, not counted.
     let explained: sqlx::types::Json<Value> = sqlx::query_scalar(

@@ -309,51 +309,161 @@ pub struct Filter {
     pub limit: i64,
 }
 
-/// The query of [`list`]. With states, each state's range of the (state, id) index is read in
-/// id order, as far as the page needs, and the ranges merged: the cost follows the page, not the
-/// history. Without, the primary key is read in id order.
-fn list_sql(filter: &Filter) -> &'static str {
-    if filter.states.is_empty() {
-        "SELECT snapshot AS body FROM cases
-         WHERE grid_code LIKE ANY($1)
-           AND ($3::text IS NULL OR owner_tier = $3)
-           AND ($4::text IS NULL OR department = $4)
-           AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')
-           AND ($6::uuid IS NULL OR id > $6)
-         ORDER BY id
-         LIMIT $7"
-    } else {
-        "SELECT page.snapshot AS body
-         FROM unnest($2::text[]) AS wanted(state)
-         CROSS JOIN LATERAL (
-             SELECT id, snapshot FROM cases
-             WHERE state = wanted.state
-               AND grid_code LIKE ANY($1)
-               AND ($3::text IS NULL OR owner_tier = $3)
-               AND ($4::text IS NULL OR department = $4)
-               AND (NOT $5 OR (state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')
-               AND ($6::uuid IS NULL OR id > $6)
-             ORDER BY id
-             LIMIT $7
-         ) AS page
-         ORDER BY page.id
-         LIMIT $7"
-    }
-}
+/// A prefix this long or longer is a community's or a grid's code: its grids are few (a dozen),
+/// so its lists go grid by grid. A street's or the district's lists read by state instead, where
+/// the cases of the scope are most of what is read.
+const NARROW_PREFIX: usize = 12;
 
-/// The grid prefixes of a filter as LIKE patterns (codes are digits: no wildcard can hide in one).
-fn patterns(filter: &Filter) -> Vec<String> {
-    filter
-        .grid_prefixes
-        .iter()
-        .map(|p| format!("{p}%"))
+/// The database names of every state, for a list by grid, department or holder without a state
+/// filter (each (…, state) range is read in id order).
+fn every_state() -> Vec<String> {
+    (0..=i32::from(u8::MAX))
+        .map_while(|n| pb::CaseState::try_from(n).ok())
+        .filter(|&state| state != pb::CaseState::Unspecified)
+        .map(|state| state_name(state).to_owned())
         .collect()
 }
 
+/// Which index a list reads, by its filter's leading columns: each (…, state) range in id order,
+/// as far as the page needs, merged. The cost follows the page, not the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// `cases_department_state_id`.
+    Department,
+    /// `cases_grid_state_id`, the grids under the prefixes found by skipping along it.
+    Grids,
+    /// `cases_owner_state_id`.
+    Holder,
+    /// `cases_state_id`.
+    State,
+    /// The primary key, filtered: a page of a wide scope with no state filter.
+    Id,
+}
+
+impl Filter {
+    fn drive(&self) -> Drive {
+        let narrow = !self.grid_prefixes.is_empty()
+            && self.grid_prefixes.iter().all(|p| p.len() >= NARROW_PREFIX);
+        if self.department.is_some() {
+            Drive::Department
+        } else if narrow {
+            Drive::Grids
+        } else if self.owner_tier.is_some() {
+            Drive::Holder
+        } else if self.states.is_empty() {
+            Drive::Id
+        } else {
+            Drive::State
+        }
+    }
+
+    /// The states bound as `$2`: all of them when the list reads by state without a state filter.
+    fn bound_states(&self) -> Vec<String> {
+        if self.states.is_empty() && self.drive() != Drive::Id {
+            every_state()
+        } else {
+            self.states.clone()
+        }
+    }
+}
+
+/// The query of [`list`]. The parameters are always the same seven ($1 the grid prefixes (LIKE
+/// patterns but where the list goes grid by grid), $2 the
+/// states, $3 the holder, $4 the department, $5 pending checks only, $6 the cursor, $7 the page
+/// size); only the conditions the filter sets are written, so each is a plain index condition
+/// even in a generic plan (`$4 IS NULL OR department = $4` is not).
+fn list_sql(filter: &Filter) -> String {
+    let drive = filter.drive();
+    let mut conditions = Vec::new();
+    if drive != Drive::Grids {
+        conditions.push("grid_code LIKE ANY($1)");
+    }
+    if filter.owner_tier.is_some() {
+        conditions.push("owner_tier = $3");
+    }
+    if filter.department.is_some() {
+        conditions.push("department = $4");
+    }
+    if filter.pending_check {
+        conditions
+            .push("((state = 'checking' AND check_outcome = 'pending') OR state = 'verifying')");
+    }
+    if filter.after.is_some() {
+        conditions.push("id > $6");
+    }
+    let and = |conditions: &[&str]| -> String {
+        conditions.iter().map(|c| format!(" AND {c}")).collect()
+    };
+    match drive {
+        Drive::Id => format!(
+            "SELECT snapshot AS body FROM cases
+             WHERE true{}
+             ORDER BY id
+             LIMIT $7",
+            and(&conditions)
+        ),
+        Drive::Grids => format!(
+            // The grids under the prefixes, one index descent each (a loose index scan).
+            "WITH RECURSIVE grid (code, prefix) AS (
+                 SELECT (SELECT grid_code FROM cases
+                         WHERE grid_code >= scope.prefix AND grid_code < scope.prefix || ':'
+                         ORDER BY grid_code LIMIT 1),
+                        scope.prefix
+                 FROM unnest($1::text[]) AS scope(prefix)
+               UNION ALL
+                 SELECT (SELECT grid_code FROM cases
+                         WHERE grid_code > grid.code AND grid_code < grid.prefix || ':'
+                         ORDER BY grid_code LIMIT 1),
+                        grid.prefix
+                 FROM grid WHERE grid.code IS NOT NULL
+             )
+             SELECT page.snapshot AS body
+             FROM grid
+             CROSS JOIN unnest($2::text[]) AS wanted(state)
+             CROSS JOIN LATERAL (
+                 SELECT id, snapshot FROM cases
+                 WHERE grid_code = grid.code AND state = wanted.state{}
+                 ORDER BY id
+                 LIMIT $7
+             ) AS page
+             ORDER BY page.id
+             LIMIT $7",
+            and(&conditions)
+        ),
+        Drive::Department | Drive::Holder | Drive::State => format!(
+            "SELECT page.snapshot AS body
+             FROM unnest($2::text[]) AS wanted(state)
+             CROSS JOIN LATERAL (
+                 SELECT id, snapshot FROM cases
+                 WHERE state = wanted.state{}
+                 ORDER BY id
+                 LIMIT $7
+             ) AS page
+             ORDER BY page.id
+             LIMIT $7",
+            and(&conditions)
+        ),
+    }
+}
+
+/// `$1` of [`list_sql`]: the grid prefixes, as LIKE patterns where the scope is a filter (codes
+/// are digits: no wildcard can hide in one).
+fn bound_prefixes(filter: &Filter) -> Vec<String> {
+    if filter.drive() == Drive::Grids {
+        filter.grid_prefixes.clone()
+    } else {
+        filter
+            .grid_prefixes
+            .iter()
+            .map(|p| format!("{p}%"))
+            .collect()
+    }
+}
+
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
-    let rows: Vec<Stored> = sqlx::query_as(list_sql(filter))
-        .bind(patterns(filter))
-        .bind(&filter.states)
+    let rows: Vec<Stored> = sqlx::query_as(&list_sql(filter))
+        .bind(bound_prefixes(filter))
+        .bind(filter.bound_states())
         .bind(&filter.owner_tier)
         .bind(&filter.department)
         .bind(filter.pending_check)
@@ -369,8 +479,8 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<pb::Case>> {
 pub async fn explain_list(pool: &PgPool, filter: &Filter) -> Result<serde_json::Value> {
     let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", list_sql(filter));
     let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(&sql)
-        .bind(patterns(filter))
-        .bind(&filter.states)
+        .bind(bound_prefixes(filter))
+        .bind(filter.bound_states())
         .bind(&filter.owner_tier)
         .bind(&filter.department)
         .bind(filter.pending_check)

@@ -29,6 +29,7 @@ pub enum Histories {
 #[derive(FromRow)]
 struct EventRow {
     case_id: Uuid,
+    seq: i64,
     body: Vec<u8>,
 }
 
@@ -43,7 +44,8 @@ fn open_states() -> Vec<&'static str> {
 
 /// The histories, up to `to`, of the cases under `prefixes` (grid-code prefixes) that were
 /// reported before `to` and either had an event since `from` or are not finished (so were open at
-/// `from`). One query, ordered by case and sequence, reading at most `max_events` + 1 rows.
+/// `from`). One query, reading at most `max_events` + 1 rows; the histories in case order, each
+/// oldest first.
 pub async fn histories(
     pool: &PgPool,
     prefixes: &[String],
@@ -58,7 +60,9 @@ pub async fn histories(
         .saturating_add(1);
     let rows: Vec<EventRow> = sqlx::query_as(
         // The cases changed since `from` (by the updated_at index) and the open ones (by the
-        // state index): never the whole closed history.
+        // state index): never the whole closed history. Each case's events are read by its own
+        // range of (case_id, seq), the LIMIT keeping the lateral a loop over the cases: a hash
+        // join over every event is what an estimate gone wrong at a million cases chose (2.7 s).
         "WITH touched AS (
              SELECT id FROM cases
              WHERE updated_at >= $2 AND reported_at < $3 AND grid_code LIKE ANY($1)
@@ -66,10 +70,13 @@ pub async fn histories(
              SELECT id FROM cases
              WHERE state = ANY($4) AND reported_at < $3 AND grid_code LIKE ANY($1)
          )
-         SELECT e.case_id, e.body
-         FROM touched t JOIN case_events e ON e.case_id = t.id
-         WHERE e.at < $3
-         ORDER BY e.case_id, e.seq
+         SELECT t.id AS case_id, e.seq, e.body
+         FROM touched t
+         CROSS JOIN LATERAL (
+             SELECT seq, body FROM case_events
+             WHERE case_id = t.id AND at < $3
+             LIMIT $5
+         ) AS e
          LIMIT $5",
     )
     .bind(&patterns)
@@ -77,11 +84,18 @@ pub async fn histories(
     .bind(to)
     .bind(open_states())
     .bind(limit)
+    // Planned with its values each time (a rare call): a generic plan cannot know that the
+    // period is a day of three years.
+    .persistent(false)
     .fetch_all(pool)
     .await?;
     if rows.len() > max_events {
         return Ok(Histories::TooMany { limit: max_events });
     }
+    // Sorted here, not in the query: at a million cases PostgreSQL's sort of the bodies spilled to
+    // disk and took a third of the query's time.
+    let mut rows = rows;
+    rows.sort_unstable_by_key(|row| (row.case_id, row.seq));
     let mut histories: Vec<Vec<pb::CaseEvent>> = Vec::new();
     let mut current = None;
     for row in rows {
