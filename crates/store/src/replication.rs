@@ -17,6 +17,17 @@ pub async fn claim_inbox(conn: &mut PgConnection, event_id: Uuid) -> Result<bool
     Ok(done.rows_affected() == 1)
 }
 
+/// Claims event ids in the inbox; returns how many were new (the others were applied before).
+pub async fn claim_inbox_many(conn: &mut PgConnection, event_ids: &[Uuid]) -> Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO inbox (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Removes inbox entries applied more than `older_than` ago; returns how many.
 pub async fn prune_inbox(pool: &PgPool, older_than: Duration) -> Result<u64> {
     let done =

@@ -1,11 +1,14 @@
 //! The read path: events the other tiers wrote, applied to this tier's replica.
 //!
-//! Messages come from the consumer a batch at a time and are applied in one transaction. Per event:
-//! lock the case; `seq <= version` is a duplicate (held already); `seq > version + 1` is a gap: the
-//! event is **parked** in the database (and acknowledged, so it never clogs the consumer's
-//! ack-pending window) and the reconciler is asked to fetch what is missing; otherwise the inbox key,
-//! `replay`, store, and then whatever was parked behind it. After the commit, watchers hear of the
-//! changes and the authors get **receipts** for every event this tier now holds.
+//! Messages come from the consumer a batch at a time and are applied in one transaction, which
+//! first locks every case the batch is about (one statement, in id order). Per event, against the
+//! case as it stands in the transaction: `seq <= version` is a duplicate (held already);
+//! `seq > version + 1` is a gap: the event is **parked** in the database (and acknowledged, so it
+//! never clogs the consumer's ack-pending window) and the reconciler is asked to fetch what is
+//! missing; otherwise `replay`, and then whatever was parked behind it. The applied events, their
+//! projections and their inbox keys are written at the end, two statements for the whole batch.
+//! After the commit, watchers hear of the changes and the authors get **receipts** for every event
+//! this tier now holds.
 //!
 //! Events whose author could not have sent them on their subject (a village writing for another
 //! community) are kept as dead letters, never applied.
@@ -15,7 +18,7 @@
 //! at a time, and only the failing message is set aside as a dead letter.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -105,6 +108,75 @@ struct Incoming<'a> {
     case_id: Uuid,
 }
 
+/// The cases a transaction applies events to, as they stand in it, and the events applied but
+/// not yet written: a batch's events are written with one statement (`cases::append_many`) and
+/// their inbox keys with another, not three statements an event.
+#[derive(Default)]
+struct Batch {
+    /// Each case as held in the transaction (locked), none when it is not held here yet.
+    cases: HashMap<Uuid, Option<pb::Case>>,
+    /// Applied in order, each with the case after it.
+    applied: Vec<(pb::Case, pb::CaseEvent)>,
+}
+
+impl Batch {
+    /// Locks and reads the cases the messages are about, in one statement.
+    async fn locking(tx: &mut PgConnection, ids: Vec<Uuid>) -> Result<Batch, Failure> {
+        let mut held = cases::load_many(tx, &ids).await?;
+        let cases = ids
+            .into_iter()
+            .map(|id| {
+                let case = held.remove(&id);
+                (id, case)
+            })
+            .collect();
+        Ok(Batch {
+            cases,
+            applied: Vec::new(),
+        })
+    }
+
+    /// The case as it stands in the transaction, locked.
+    async fn case(&mut self, tx: &mut PgConnection, id: Uuid) -> Result<Option<pb::Case>, Failure> {
+        if let Some(case) = self.cases.get(&id) {
+            return Ok(case.clone());
+        }
+        let case = cases::load(tx, id, true).await?;
+        self.cases.insert(id, case.clone());
+        Ok(case)
+    }
+
+    fn apply(&mut self, case_id: Uuid, after: pb::Case, event: pb::CaseEvent) {
+        self.cases.insert(case_id, Some(after.clone()));
+        self.applied.push((after, event));
+    }
+
+    /// Writes what was applied: the inbox keys first, so that of two lanes applying the same new
+    /// case at once one waits and then finds the key taken (a lost race: the batch comes again
+    /// and finds the case held).
+    async fn write(&mut self, tx: &mut PgConnection) -> Result<(), Failure> {
+        if self.applied.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Uuid> = self
+            .applied
+            .iter()
+            .filter_map(|(_, event)| Uuid::parse_str(&event.event_id).ok())
+            .collect();
+        let claimed = replication::claim_inbox_many(tx, &keys).await?;
+        if claimed != keys.len() as u64 {
+            return Err(Failure::Unavailable(format!(
+                "{} of {} events were applied meanwhile by another consumer",
+                keys.len() as u64 - claimed,
+                keys.len()
+            )));
+        }
+        cases::append_many(tx, &self.applied).await?;
+        self.applied.clear();
+        Ok(())
+    }
+}
+
 /// Applies replicated events; shared by the consumer and the reconciler.
 #[derive(Debug)]
 pub struct Replicator {
@@ -157,9 +229,18 @@ impl Replicator {
     async fn in_one_transaction(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
         let mut tx = self.engine.pool().begin().await?;
         let mut effects = Effects::default();
+        let mut ids: Vec<Uuid> = messages
+            .iter()
+            .filter_map(|m| case_event_in(m.payload).ok())
+            .filter_map(|event| Uuid::parse_str(&event.case_id).ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut batch = Batch::locking(&mut tx, ids).await?;
         for message in messages {
-            guard(self.apply_message(&mut tx, message, &mut effects)).await?;
+            guard(self.apply_message(&mut tx, message, &mut batch, &mut effects)).await?;
         }
+        batch.write(&mut tx).await?;
         tx.commit().await?;
         Ok(effects)
     }
@@ -237,6 +318,7 @@ impl Replicator {
         &self,
         tx: &mut PgConnection,
         message: &Message<'_>,
+        batch: &mut Batch,
         effects: &mut Effects,
     ) -> Result<(), Failure> {
         let (subject, payload) = (message.subject, message.payload);
@@ -273,7 +355,7 @@ impl Replicator {
             event_id,
             case_id,
         };
-        self.apply_event(tx, incoming, effects).await
+        self.apply_event(tx, incoming, batch, effects).await
     }
 
     /// Applies one event in the caller's transaction, or parks it, or keeps it as a dead letter.
@@ -281,6 +363,7 @@ impl Replicator {
         &self,
         tx: &mut PgConnection,
         incoming: Incoming<'_>,
+        batch: &mut Batch,
         effects: &mut Effects,
     ) -> Result<(), Failure> {
         let Incoming {
@@ -290,7 +373,7 @@ impl Replicator {
             event_id,
             case_id,
         } = incoming;
-        let case = cases::load(tx, case_id, true).await?;
+        let case = batch.case(tx, case_id).await?;
         let version = case.as_ref().map_or(0, |c| c.version);
         let subject_grid = subject.and_then(grid_of_subject);
         // The case's own grid: as held here, else as reported, else as the subject says.
@@ -381,33 +464,35 @@ impl Replicator {
                 return set_aside(tx, &subject, &raw, Some(event_id), Some(case_id), &reason).await;
             }
         };
-        // Claimed only for an event that is applied: a refused copy must not shadow a good one.
-        if !replication::claim_inbox(tx, event_id).await? {
-            effects.held.push(held);
-            return Ok(());
-        }
-        cases::append(tx, &after, &event, None).await?;
+        // Its inbox key is claimed when the batch is written, only for an event that is applied:
+        // a refused copy must not shadow a good one.
         effects.held.push(held);
         effects.applied += 1;
         effects.updates.push(pb::CaseUpdate {
             case: Some(after.clone()),
-            event: Some(event),
+            event: Some(event.clone()),
         });
+        batch.apply(case_id, after.clone(), event);
         if self.parked().contains(&case_id) {
-            self.unpark_behind(tx, after, case_grid.community(), effects)
+            // The park is read and written in the database: what the batch applied goes first.
+            batch.write(tx).await?;
+            let after = self
+                .unpark_behind(tx, after, case_grid.community(), effects)
                 .await?;
+            batch.cases.insert(case_id, Some(after));
         }
         Ok(())
     }
 
-    /// Applies the parked events that follow `case` now, one after the other.
+    /// Applies the parked events that follow `case` now, one after the other; returns the case
+    /// after them.
     async fn unpark_behind(
         &self,
         tx: &mut PgConnection,
         mut case: pb::Case,
         community: OrgCode,
         effects: &mut Effects,
-    ) -> Result<(), Failure> {
+    ) -> Result<pb::Case, Failure> {
         let case_id = Uuid::parse_str(&case.id).map_err(|e| Failure::Message(e.to_string()))?;
         while let Some(parked) = replication::unpark(tx, case_id, case.version + 1).await? {
             let event = match case_event_in(&parked.body) {
@@ -459,7 +544,7 @@ impl Replicator {
         if !replication::has_parked(tx, case_id).await? {
             self.parked().remove(&case_id);
         }
-        Ok(())
+        Ok(case)
     }
 
     /// After the commit: watchers hear of the changes, authors get their receipts, and cases stuck
@@ -481,6 +566,7 @@ impl Replicator {
     pub async fn apply_fetched(&self, bodies: &[Vec<u8>]) -> Result<usize, Failure> {
         let mut tx = self.engine.pool().begin().await?;
         let mut effects = Effects::default();
+        let mut batch = Batch::default();
         for body in bodies {
             let event = pb::CaseEvent::decode(body.as_slice())
                 .map_err(|e| Failure::Message(format!("fetched event does not decode: {e}")))?;
@@ -500,8 +586,9 @@ impl Replicator {
                 event_id,
                 case_id,
             };
-            guard(self.apply_event(&mut tx, incoming, &mut effects)).await?;
+            guard(self.apply_event(&mut tx, incoming, &mut batch, &mut effects)).await?;
         }
+        batch.write(&mut tx).await?;
         tx.commit().await?;
         let applied = effects.applied;
         self.make_known(effects).await;

@@ -1,0 +1,129 @@
+//! The store's batched writes against a real PostgreSQL: what a replica writes for a whole batch
+//! of events in one statement is what it would have written one event at a time.
+
+#![allow(clippy::unwrap_used)]
+
+use sqlx::PgPool;
+use uuid::Uuid;
+use wangge_proto as pb;
+use wangge_store::{cases, replication};
+use wangge_tests::db::TestDb;
+
+fn case(id: Uuid, number: &str, state: pb::CaseState, version: u64) -> pb::Case {
+    pb::Case {
+        id: id.to_string(),
+        number: number.to_owned(),
+        client_id: format!("client-{number}"),
+        category_code: "szcg-01-01".to_owned(),
+        description: "暴露垃圾".to_owned(),
+        grid_code: "350205002006001".to_owned(),
+        state: state as i32,
+        version,
+        department_code: if version > 1 {
+            "350205002-cgzd".to_owned()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
+fn event(case_id: Uuid, seq: u64) -> pb::CaseEvent {
+    pb::CaseEvent {
+        event_id: Uuid::now_v7().to_string(),
+        case_id: case_id.to_string(),
+        seq,
+        tier: pb::Tier::Village as i32,
+        ..Default::default()
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_events_is_stored_as_one_at_a_time_would_be() {
+    let db = TestDb::seeded("store_batch").await;
+    let pool = db.pool().await;
+    let before = cases::count(&pool).await.unwrap();
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    // A case already held, and a new one that gets two events in the batch.
+    let mut conn = pool.acquire().await.unwrap();
+    let held = case(first, "n-1", pb::CaseState::Reported, 1);
+    cases::append(&mut conn, &held, &event(first, 1), None)
+        .await
+        .unwrap();
+    let applied = vec![
+        (
+            case(second, "n-2", pb::CaseState::Reported, 1),
+            event(second, 1),
+        ),
+        (
+            case(first, "n-1", pb::CaseState::Accepted, 2),
+            event(first, 2),
+        ),
+        (
+            case(second, "n-2", pb::CaseState::Dispatched, 2),
+            event(second, 2),
+        ),
+    ];
+    let keys: Vec<Uuid> = applied
+        .iter()
+        .map(|(_, e)| e.event_id.parse().unwrap())
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    let locked = cases::load_many(&mut tx, &[second, first]).await.unwrap();
+    assert_eq!(locked.len(), 1, "only the held case is found");
+    assert_eq!(locked[&first].version, 1);
+    assert_eq!(
+        replication::claim_inbox_many(&mut tx, &keys).await.unwrap(),
+        3
+    );
+    cases::append_many(&mut tx, &applied).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Each case's last projection, every event, one new case counted.
+    let state = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i64, Option<String>)>(
+                "SELECT state, version, department FROM cases WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        state(first).await,
+        ("accepted".into(), 2, Some("350205002-cgzd".into()))
+    );
+    assert_eq!(
+        state(second).await,
+        ("dispatched".into(), 2, Some("350205002-cgzd".into()))
+    );
+    assert_eq!(
+        cases::get(&pool, second).await.unwrap().unwrap().version,
+        2,
+        "the snapshot is the last one"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM case_events").await,
+        4,
+        "every event is logged"
+    );
+    assert_eq!(cases::count(&pool).await.unwrap(), before + 2);
+
+    // The same keys again are applied already: none of them is new.
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        replication::claim_inbox_many(&mut tx, &keys).await.unwrap(),
+        0
+    );
+    // An empty batch writes nothing.
+    cases::append_many(&mut tx, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cases::count(&pool).await.unwrap(), before + 2);
+}
