@@ -5,7 +5,7 @@
 //! lost its store comes back empty), so replication resumes without a restart.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
@@ -40,6 +40,11 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Most messages applied in one batch (one database transaction).
 const MAX_BATCH: usize = 256;
+
+/// The first wait before opening the consumer again after it could not be opened.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// A stream open this long was flowing: when it fails, it is opened again without a wait.
+const FLOWING: Duration = Duration::from_secs(1);
 
 /// A durable consumer of the case stream, filtered to one scope.
 #[derive(Debug)]
@@ -86,23 +91,42 @@ impl Consumer {
     /// Consumes until `shutdown`; a batch being handled is finished and acknowledged first.
     /// Interruptions (NATS away, stream or consumer gone) are waited out and repaired.
     pub async fn run<H: Handler + Clone>(self, handler: H, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = FIRST_BACKOFF;
         let mut interrupted = Persisting::default();
         while !shutdown.is_cancelled() {
             let mut live = LiveLane::default();
+            let mut opened = None;
             let consumed = self
-                .consume(&handler, &shutdown, &mut interrupted, &mut live)
+                .consume(
+                    &handler,
+                    &shutdown,
+                    &mut interrupted,
+                    &mut live,
+                    &mut opened,
+                )
                 .await;
             live.stop().await;
             match consumed {
                 Ok(()) => break,
                 Err(error) => {
                     interrupted.failed(&format!("consumer {}", self.durable), &error);
+                    // A stream that had been flowing is opened again at once (a tier resumed
+                    // after a pause finds its pull request gone, and its live reports must not
+                    // wait out a backoff); failures to open it, or a stream that fails as soon as
+                    // it is open, back off: 0.2 s doubling up to 5 s.
+                    let flowed = opened.is_some_and(|at| at.elapsed() >= FLOWING);
+                    let wait = if flowed {
+                        backoff = FIRST_BACKOFF;
+                        Duration::ZERO
+                    } else {
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        wait
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -115,6 +139,7 @@ impl Consumer {
         shutdown: &CancellationToken,
         interrupted: &mut Persisting,
         live: &mut LiveLane,
+        opened: &mut Option<Instant>,
     ) -> Result<(), Error> {
         let consumer = self.open().await?;
         // Short pull requests with frequent heartbeats: a request lost with a leaf link (the tier's
@@ -127,6 +152,7 @@ impl Consumer {
             .await
             .map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
+        *opened = Some(Instant::now());
         interrupted.succeeded(&format!("consumer {}", self.durable));
         loop {
             let first = tokio::select! {
