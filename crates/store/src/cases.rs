@@ -60,6 +60,28 @@ pub struct Outgoing<'a> {
     pub peers: &'a [&'a str],
 }
 
+/// The projection's columns, as [`append`] and [`append_many`] insert them.
+macro_rules! insert_case {
+    () => {
+        "INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
+                            grid_code, state, owner_tier, owner_org, department, check_outcome,
+                            check_by_tier, urgency, reporter_id, captured_at, reported_at, updated_at,
+                            version, snapshot) "
+    };
+}
+
+/// What a later event changes in a case's row, and whether the row is new (to count it).
+macro_rules! upsert_case {
+    () => {
+        " ON CONFLICT (id) DO UPDATE SET
+            state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
+            department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
+            check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
+            version = EXCLUDED.version, snapshot = EXCLUDED.snapshot
+          RETURNING (xmax = 0) AS created"
+    };
+}
+
 /// The columns of a case's projection row, read off the case.
 struct Projection<'a> {
     id: Uuid,
@@ -150,25 +172,20 @@ pub async fn append(
     let row = Projection::of(after)?;
     let logged = Logged::of(event)?;
     sqlx::query(
-        "WITH stored AS (
-            INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
-                               grid_code, state, owner_tier, owner_org, department, check_outcome, check_by_tier,
-                               urgency, reporter_id, captured_at, reported_at, updated_at, version, snapshot)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-            ON CONFLICT (id) DO UPDATE SET
-               state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
-               department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
-               check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
-               version = EXCLUDED.version, snapshot = EXCLUDED.snapshot
-            RETURNING (xmax = 0) AS created
-         ), logged AS (
+        concat!(
+            "WITH stored AS (",
+            insert_case!(),
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+            upsert_case!(),
+            "), logged AS (
             INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body)
             VALUES ($22, $1, $23, $24, $25, $26, $27)
          ), sent AS (
             INSERT INTO outbox (event_id, case_id, seq, subject, body, pending_tiers)
             SELECT $22, $1, $23, $28, $29, $30 WHERE $28::text IS NOT NULL
          )
-         INSERT INTO case_count_deltas (added) SELECT 1 FROM stored WHERE created",
+         INSERT INTO case_count_deltas (added) SELECT 1 FROM stored WHERE created"
+        ),
     )
     .bind(row.id)
     .bind(&after.number)
@@ -243,28 +260,23 @@ pub async fn append_many(
         })
         .collect::<std::result::Result<_, sqlx::Error>>()?;
     sqlx::query(
-        "WITH stored AS (
-            INSERT INTO cases (id, number, client_id, category_code, description, longitude, latitude,
-                               grid_code, state, owner_tier, owner_org, department, check_outcome, check_by_tier,
-                               urgency, reporter_id, captured_at, reported_at, updated_at, version, snapshot)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+        concat!(
+            "WITH stored AS (",
+            insert_case!(),
+            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                  $6::float8[], $7::float8[], $8::text[], $9::text[], $10::text[],
                                  $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                                  $16::text[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[],
-                                 $20::bigint[], $21::bytea[])
-            ON CONFLICT (id) DO UPDATE SET
-               state = EXCLUDED.state, owner_tier = EXCLUDED.owner_tier, owner_org = EXCLUDED.owner_org,
-               department = EXCLUDED.department, check_outcome = EXCLUDED.check_outcome,
-               check_by_tier = EXCLUDED.check_by_tier, updated_at = EXCLUDED.updated_at,
-               version = EXCLUDED.version, snapshot = EXCLUDED.snapshot
-            RETURNING (xmax = 0) AS created
-         ), logged AS (
+                                 $20::bigint[], $21::bytea[])",
+            upsert_case!(),
+            "), logged AS (
             INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body)
             SELECT * FROM unnest($22::uuid[], $23::uuid[], $24::bigint[], $25::timestamptz[],
                                  $26::text[], $27::text[], $28::bytea[])
          )
          INSERT INTO case_count_deltas (added)
-         SELECT count(*) FROM stored WHERE created HAVING count(*) > 0",
+         SELECT count(*) FROM stored WHERE created HAVING count(*) > 0"
+        ),
     )
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
     .bind(column(&|r| r.case.number.clone()))
@@ -487,12 +499,17 @@ pub struct Filter {
 /// the cases of the scope are most of what is read.
 const NARROW_PREFIX: usize = 12;
 
-/// The database names of every state, for a list by grid, department or holder without a state
-/// filter (each (…, state) range is read in id order).
-fn every_state() -> Vec<String> {
+/// Every state a case can be in (the protobuf's values but Unspecified).
+pub(crate) fn known_states() -> impl Iterator<Item = pb::CaseState> {
     (0..=i32::from(u8::MAX))
         .map_while(|n| pb::CaseState::try_from(n).ok())
         .filter(|&state| state != pb::CaseState::Unspecified)
+}
+
+/// The database names of every state, for a list by grid, department or holder without a state
+/// filter (each (…, state) range is read in id order).
+fn every_state() -> Vec<String> {
+    known_states()
         .map(|state| state_name(state).to_owned())
         .collect()
 }

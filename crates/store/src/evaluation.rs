@@ -35,9 +35,8 @@ struct EventRow {
 
 /// The database names of the states further work follows (a case in one is open).
 fn open_states() -> Vec<&'static str> {
-    (0..=i32::from(u8::MAX))
-        .map_while(|n| pb::CaseState::try_from(n).ok())
-        .filter(|&state| state != pb::CaseState::Unspecified && !is_finished(state))
+    crate::cases::known_states()
+        .filter(|&state| !is_finished(state))
         .map(state_name)
         .collect()
 }

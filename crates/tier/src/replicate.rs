@@ -229,16 +229,19 @@ impl Replicator {
     async fn in_one_transaction(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
         let mut tx = self.engine.pool().begin().await?;
         let mut effects = Effects::default();
-        let mut ids: Vec<Uuid> = messages
+        // Each envelope decoded once: its case is locked with the batch's, then it is applied.
+        let events: Vec<Result<pb::CaseEvent, String>> =
+            messages.iter().map(|m| case_event_in(m.payload)).collect();
+        let mut ids: Vec<Uuid> = events
             .iter()
-            .filter_map(|m| case_event_in(m.payload).ok())
+            .filter_map(|event| event.as_ref().ok())
             .filter_map(|event| Uuid::parse_str(&event.case_id).ok())
             .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut batch = Batch::locking(&mut tx, ids).await?;
-        for message in messages {
-            guard(self.apply_message(&mut tx, message, &mut batch, &mut effects)).await?;
+        for (message, event) in messages.iter().zip(events) {
+            guard(self.apply_message(&mut tx, message, event, &mut batch, &mut effects)).await?;
         }
         batch.write(&mut tx).await?;
         tx.commit().await?;
@@ -318,6 +321,7 @@ impl Replicator {
         &self,
         tx: &mut PgConnection,
         message: &Message<'_>,
+        event: Result<pb::CaseEvent, String>,
         batch: &mut Batch,
         effects: &mut Effects,
     ) -> Result<(), Failure> {
@@ -329,7 +333,7 @@ impl Replicator {
                 "message delivered again and again"
             );
         }
-        let event = match case_event_in(payload) {
+        let event = match event {
             Ok(event) => event,
             Err(reason) => return set_aside(tx, subject, payload, None, None, &reason).await,
         };
