@@ -95,3 +95,56 @@ async fn a_report_names_the_open_cases_of_its_category_nearby_as_possible_duplic
     assert_eq!(at_street.possible_duplicates[0].number, second.number);
     cluster.stop().await;
 }
+
+/// Reports arriving together are written together (group commit): each still gets its own case,
+/// durable before its reply, and each community's daily numbers run 1, 2, 3 … without a gap or a
+/// repeat, whatever batches they were drawn in.
+#[tokio::test]
+async fn reports_sent_at_once_each_get_a_case_and_the_next_number_of_their_community() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let field = clients.field();
+    let sent = 60;
+    let taken: Vec<pb::Case> = futures::future::join_all((0..sent).map(|n| {
+        let field = field.clone();
+        let grid = if n % 3 == 0 { OTHER_GRID } else { GRID };
+        async move { report_at(&field, grid, CATEGORY).await }
+    }))
+    .await;
+
+    let ids: BTreeSet<&str> = taken.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), sent, "one case per report");
+    // 350205002006-20261127-0042: the community and day, then the sequence.
+    let mut sequences: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for case in &taken {
+        let (prefix, sequence) = case.number.rsplit_once('-').unwrap();
+        sequences
+            .entry(prefix)
+            .or_default()
+            .push(sequence.parse().unwrap());
+    }
+    for (prefix, mut numbers) in sequences {
+        numbers.sort_unstable();
+        let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
+        assert_eq!(numbers, expected, "the numbers of {prefix}");
+    }
+    // Every answered report is held, and crosses to the other tiers.
+    let held = clients
+        .cases(Tier::Village)
+        .list_cases(pb::ListCasesRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cases;
+    let held: BTreeSet<&str> = held.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(held, ids);
+    for case in &taken {
+        clients.converged(&case.id, 1).await;
+    }
+    cluster.stop().await;
+}

@@ -80,7 +80,7 @@ async fn a_batch_of_events_is_stored_as_one_at_a_time_would_be() {
         replication::claim_inbox_many(&mut tx, &keys).await.unwrap(),
         3
     );
-    cases::append_many(&mut tx, &applied).await.unwrap();
+    cases::append_many(&mut tx, &applied, &[]).await.unwrap();
     tx.commit().await.unwrap();
 
     // Each case's last projection, every event, one new case counted.
@@ -123,7 +123,97 @@ async fn a_batch_of_events_is_stored_as_one_at_a_time_would_be() {
         0
     );
     // An empty batch writes nothing.
-    cases::append_many(&mut tx, &[]).await.unwrap();
+    cases::append_many(&mut tx, &[], &[]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(cases::count(&pool).await.unwrap(), before + 2);
+}
+
+#[tokio::test]
+async fn a_batch_of_claims_numbers_each_community_in_order_and_skips_taken_keys() {
+    use wangge_store::intake::{self, Claim};
+
+    let db = TestDb::seeded("store_claims").await;
+    let pool = db.pool().await;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    let (a, b) = ("350205002006", "350205002007");
+    let digest = [1u8; 32];
+    // The keys point at their cases, checked at commit: the claimed ones get theirs.
+    async fn cases_of(tx: &mut sqlx::PgConnection, claims: &[Claim<'_>], numbers: &[Option<i32>]) {
+        let applied: Vec<(pb::Case, pb::CaseEvent)> = claims
+            .iter()
+            .zip(numbers)
+            .filter_map(|(claim, number)| {
+                let number = number.map(|n| format!("{}-{n:04}", claim.community))?;
+                Some((
+                    case(claim.case_id, &number, pb::CaseState::Reported, 1),
+                    event(claim.case_id, 1),
+                ))
+            })
+            .collect();
+        cases::append_many(tx, &applied, &[]).await.unwrap();
+    }
+    let claim = |client_id: &'static str, community: &'static str| Claim {
+        reporter_id: "gw-1",
+        client_id,
+        case_id: Uuid::now_v7(),
+        digest: &digest,
+        community,
+        day,
+    };
+
+    // An earlier report took key "k1" and number 1 of community a.
+    let mut tx = pool.begin().await.unwrap();
+    let earlier = [claim("k1", a)];
+    let numbers = intake::claim_numbered(&mut tx, &earlier).await.unwrap();
+    assert_eq!(numbers, vec![Some(1)]);
+    cases_of(&mut tx, &earlier, &numbers).await;
+    tx.commit().await.unwrap();
+
+    // A batch: two of a, one of b, k1 again (taken before) and k2 twice (the copy loses).
+    let batch = [
+        claim("k2", a),
+        claim("k1", a),
+        claim("k3", b),
+        claim("k2", a),
+        claim("k4", a),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    let numbers = intake::claim_numbered(&mut tx, &batch).await.unwrap();
+    assert_eq!(numbers, vec![Some(2), None, Some(1), None, Some(3)]);
+    cases_of(&mut tx, &batch, &numbers).await;
+    tx.commit().await.unwrap();
+
+    // Each key holds the case of its first claim; a taken key used up no number.
+    let k2 = intake::find(&mut pool.acquire().await.unwrap(), "gw-1", "k2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(k2.case_id, batch[0].case_id);
+    let last: Vec<(String, i32)> =
+        sqlx::query_as("SELECT community_code, last FROM case_numbers ORDER BY community_code")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(last, vec![(a.to_owned(), 3), (b.to_owned(), 1)]);
+
+    // A batch rolled back draws nothing; an empty one asks nothing.
+    let mut tx = pool.begin().await.unwrap();
+    let rolled = [claim("k5", a)];
+    assert_eq!(
+        intake::claim_numbered(&mut tx, &rolled).await.unwrap(),
+        vec![Some(4)]
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let again = [claim("k5", a)];
+    let numbers = intake::claim_numbered(&mut tx, &again).await.unwrap();
+    assert_eq!(numbers, vec![Some(4)]);
+    cases_of(&mut tx, &again, &numbers).await;
+    assert!(
+        intake::claim_numbered(&mut tx, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tx.commit().await.unwrap();
 }

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use wangge_proto as pb;
+
 use crate::Plan;
-use crate::load::{self, Field, Log, Side, Tracker, Until, closed_loop, open_loop};
+use crate::load::{self, Field, Log, Side, Until, closed_loop, open_loop};
 use crate::meter::Meter;
 use crate::phases::{Setup, World, errors};
 use crate::report::{Dist, Report};
@@ -21,12 +23,16 @@ pub(crate) async fn drain(
     world: &mut World,
     setup: &Setup,
     field: &Arc<Field>,
-    tracker: &Tracker,
     meter: &mut Meter,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let street = StreetStatus::connect(world.tier("street")?.url(), &setup.key).await?;
+    let before = street
+        .cases()
+        .await
+        .context("the street's GetStatus before the pause")?;
     world.tier("street")?.pause().await?;
-    let result = drain_paused(plan, world, setup, field, tracker, meter, report).await;
+    let result = drain_paused(plan, world, (&street, before), field, meter, report).await;
     let street = world.tier("street")?;
     if street.is_paused() {
         street.resume().await?;
@@ -37,9 +43,8 @@ pub(crate) async fn drain(
 async fn drain_paused(
     plan: &Plan,
     world: &mut World,
-    setup: &Setup,
+    (street, held_before): (&StreetStatus, usize),
     field: &Arc<Field>,
-    tracker: &Tracker,
     meter: &mut Meter,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -73,16 +78,6 @@ async fn drain_paused(
         )
         .await?;
 
-    let js = async_nats::jetstream::new(
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            async_nats::connect(&setup.nats_url),
-        )
-        .await
-        .context("no connection to nats-server within 10 s")??,
-    );
-    let durable = format!("street-{}", load::SCOPE);
-
     let before = meter.snapshot().await;
     let resumed = Instant::now();
     world.tier("street")?.resume().await?;
@@ -95,34 +90,30 @@ async fn drain_paused(
         tokio::spawn(async move { open_loop(&field, rate, most, &live, Some(stop)).await })
     };
 
-    // Caught up when the street's watch has shown every backlog report. The street's durable
-    // consumer with nothing pending is the second witness, for a watch that broke on the way.
+    // Caught up when the street holds the backlog and every live report answered so far, as its
+    // GetStatus tells (a kept count, not a `count(*)`; asked every 100 ms). The street's watch is
+    // followed too, but not waited for: a watch that falls behind a fast drain is dropped by the
+    // tier and listed again, and what the list shows arrives when the list comes.
     // The drain is watched for at most `plan.drain_window`: a street that has not caught up by
     // then is reported with the rate it reached, not waited for.
     let window_end = resumed + plan.drain_window;
-    let breaks_before = tracker.breaks_of(Side::Street);
-    let mut consumer_idle: Option<Instant> = None;
+    let mut held_all: Option<Instant> = None;
+    let mut held_backlog = 0;
     let mut next_look = Instant::now();
     let (end, caught_up) = loop {
-        if backlog.arrivals(Side::Street) >= taken {
-            break (backlog.last_arrival(Side::Street).unwrap_or(resumed), true);
-        }
-        if Instant::now() >= next_look {
-            next_look = Instant::now() + Duration::from_millis(200);
-            if consumer_idle.is_none() && street_consumer_idle(&js, &durable).await {
-                consumer_idle = Some(Instant::now());
+        if held_all.is_none() && Instant::now() >= next_look {
+            next_look = Instant::now() + Duration::from_millis(100);
+            if let Ok(held) = street.cases().await {
+                held_backlog = held.saturating_sub(held_before).min(taken);
+                if held >= held_before + taken + live.ok() {
+                    held_all = Some(Instant::now());
+                }
             }
         }
-        if let Some(idle) = consumer_idle
-            && tracker.breaks_of(Side::Street) > breaks_before
-            && idle.elapsed() > Duration::from_secs(5)
+        if let Some(held) = held_all
+            && (backlog.arrivals(Side::Street) >= taken || held.elapsed() > Duration::from_secs(5))
         {
-            report.note(
-                "the street's watch broke during the drain: caught up is when its consumer had \
-                 nothing pending"
-                    .into(),
-            );
-            break (idle, true);
+            break (held, true);
         }
         if Instant::now() > window_end {
             break (Instant::now(), false);
@@ -131,11 +122,7 @@ async fn drain_paused(
     };
     let after = meter.snapshot().await;
     stop.store(true, Ordering::Relaxed);
-    let applied = if caught_up {
-        taken
-    } else {
-        backlog.arrivals(Side::Street)
-    };
+    let applied = if caught_up { taken } else { held_backlog };
     let took = end.saturating_duration_since(resumed);
     report.value(
         "system.drain.backlog",
@@ -173,11 +160,13 @@ async fn drain_paused(
         if caught_up { 1.0 } else { 0.0 },
         "",
     );
-    if let Some(idle) = consumer_idle {
+    if backlog.arrivals(Side::Street) >= taken
+        && let Some(watched) = backlog.last_arrival(Side::Street)
+    {
         report.value(
-            "system.drain.consumer_idle_s",
-            "… until the street's consumer had nothing pending",
-            idle.saturating_duration_since(resumed).as_secs_f64(),
+            "system.drain.watch_s",
+            "… until the street's watch showed the last of it",
+            watched.saturating_duration_since(resumed).as_secs_f64(),
             "s",
         );
     }
@@ -227,15 +216,35 @@ async fn drain_paused(
     }
 }
 
-/// Whether the street's durable consumer has nothing left to deliver or to be acknowledged.
-async fn street_consumer_idle(js: &async_nats::jetstream::Context, durable: &str) -> bool {
-    let ask = async {
-        let stream = js.get_stream("WANGGE_CASES").await.ok()?;
-        let info = stream.consumer_info(durable).await.ok()?;
-        Some(info.num_pending == 0 && info.num_ack_pending == 0)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), ask).await,
-        Ok(Some(true))
-    )
+/// The street's `GetStatus`, as its admin asks it.
+struct StreetStatus {
+    admin: pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl StreetStatus {
+    async fn connect(url: String, key: &wangge_auth::SigningKey) -> anyhow::Result<StreetStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the street at {url}"))?;
+        Ok(StreetStatus {
+            admin: pb::admin_service_client::AdminServiceClient::new(channel),
+            token: load::persona(key, "admin")?,
+        })
+    }
+
+    /// The cases the street holds.
+    async fn cases(&self) -> anyhow::Result<usize> {
+        let status: pb::TierStatus = self
+            .admin
+            .clone()
+            .get_status(load::authorized(&self.token, pb::GetStatusRequest {}))
+            .await?
+            .into_inner();
+        Ok(usize::try_from(status.cases)?)
+    }
 }

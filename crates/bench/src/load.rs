@@ -330,14 +330,6 @@ impl Tracker {
     pub fn breaks(&self) -> Vec<String> {
         lock(&self.breaks).iter().map(|(_, b)| b.clone()).collect()
     }
-
-    /// How often a watch of `side` broke so far.
-    pub fn breaks_of(&self, side: Side) -> usize {
-        lock(&self.breaks)
-            .iter()
-            .filter(|(s, _)| *s == side)
-            .count()
-    }
 }
 
 /// Opens a console's live watch (`CommandConsoleService/WatchCases` as `persona`) and follows it

@@ -447,7 +447,7 @@ pub(crate) async fn all(
             "backlog of {} reports (street paused), then the drain",
             plan.backlog
         ),
-        crate::drain::drain(plan, world, &setup, &field, &tracker, &mut meter, report)
+        crate::drain::drain(plan, world, &setup, &field, &mut meter, report)
     );
 
     report.parts(

@@ -154,6 +154,9 @@ impl Consumer {
         info!(durable = %self.durable, filter = %self.filter, "consuming");
         *opened = Some(Instant::now());
         interrupted.succeeded(&format!("consumer {}", self.durable));
+        let mut missed_heartbeat = false;
+        // Since when messages flow without a stall: where a live lane opened now would start.
+        let mut flowing_since = Instant::now();
         loop {
             let first = tokio::select! {
                 next = messages.next() => next,
@@ -162,8 +165,30 @@ impl Consumer {
             let Some(first) = first else {
                 return Err(Error::Nats("message stream ended".into()));
             };
+            let first = match first {
+                Ok(message) => message,
+                // A tier resumed after a pause sees its heartbeat timer run out before it reads
+                // what arrived meanwhile: the messages delivered to it then are in its socket, and
+                // dropping the stream for a new one would leave them unacknowledged until their
+                // ack wait (10 s). One missed heartbeat is read past; a second in a row means the
+                // pull request is lost (a cut leaf link), and the stream is opened again.
+                Err(error)
+                    if error.kind() == pull::MessagesErrorKind::MissingHeartbeat
+                        && !missed_heartbeat =>
+                {
+                    debug!(durable = %self.durable, "missed a heartbeat, reading on");
+                    missed_heartbeat = true;
+                    continue;
+                }
+                Err(error) => return Err(Error::nats(error)),
+            };
+            if missed_heartbeat {
+                // The first message after a stall (a pause): what follows it may be a backlog.
+                flowing_since = Instant::now();
+                missed_heartbeat = false;
+            }
             // Whatever else has already arrived joins the batch; nothing waits for more.
-            let mut batch = vec![first.map_err(Error::nats)?];
+            let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match messages.next().now_or_never() {
                     Some(Some(Ok(message))) => batch.push(message),
@@ -180,7 +205,15 @@ impl Consumer {
                 .and_then(|m| m.info().ok())
                 .map_or(0, |info| info.pending);
             if behind > LIVE_LANE_FROM {
-                live.start(&self.js, &self.durable, &self.filter, handler, shutdown);
+                let since = live_since(flowing_since.elapsed());
+                live.start(
+                    &self.js,
+                    &self.durable,
+                    &self.filter,
+                    handler,
+                    shutdown,
+                    since,
+                );
             } else if behind < LIVE_LANE_UNTIL {
                 live.stop().await;
             }
@@ -212,10 +245,23 @@ impl Consumer {
 /// one this short closes it again.
 const LIVE_LANE_FROM: u64 = 500;
 const LIVE_LANE_UNTIL: u64 = 50;
-/// How far back the live lane starts: a report sent just before the lane opened is still live,
-/// but not the tail of the backlog (ten seconds of it were thousands of old reports the lane had to
-/// chew through before the first live one: `wangge bench` saw live reports wait 1.6 s, p50).
+/// How far back the live lane starts at most: a report sent just before the lane opened is still
+/// live, but not the tail of the backlog (ten seconds of it were thousands of old reports the lane
+/// had to chew through before the first live one: `wangge bench` saw live reports wait 1.6 s, p50).
 const LIVE_LANE_LOOKBACK: Duration = Duration::from_secs(1);
+/// How far before the durable consumer (re)opened or stalled the live lane starts: what was
+/// published before that is the backlog, but the stream stamps messages with the server's clock, which may be a
+/// little behind ours.
+const LIVE_LANE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Where the live lane starts in the stream, messages having flowed to the durable consumer for
+/// `open_for` since it opened or last stalled: from then (a tier resumed after a pause or a cut
+/// finds the backlog published right up to then: a second of it, 1 800 reports in `wangge bench`,
+/// held the first live report 160-470 ms), at most [`LIVE_LANE_LOOKBACK`] back (a consumer that
+/// fell behind while flowing).
+fn live_since(open_for: Duration) -> std::time::SystemTime {
+    std::time::SystemTime::now() - (open_for + LIVE_LANE_MARGIN).min(LIVE_LANE_LOOKBACK)
+}
 
 /// While the durable consumer drains a backlog (after a cut link, a restart), the live lane applies
 /// what is published now, so a live report does not wait behind thousands of old ones: an ephemeral
@@ -234,6 +280,7 @@ impl LiveLane {
         filter: &str,
         handler: &H,
         shutdown: &CancellationToken,
+        since: std::time::SystemTime,
     ) {
         if self
             .running
@@ -249,6 +296,7 @@ impl LiveLane {
             filter.to_owned(),
             handler.clone(),
             stop.clone(),
+            since,
         ));
         info!(%filter, "backlog: live lane opened beside the consumer");
         self.running = Some((stop, task));
@@ -275,6 +323,7 @@ async fn live_lane<H: Handler>(
     filter: String,
     handler: H,
     stop: CancellationToken,
+    since: std::time::SystemTime,
 ) {
     let open = async {
         let stream = ensure_stream(&js).await?;
@@ -285,10 +334,10 @@ async fn live_lane<H: Handler>(
             .create_consumer(pull::Config {
                 name: Some(name.clone()),
                 filter_subject: filter.clone(),
-                // From a little before now: the reports sent since the backlog began to drain
-                // are live too.
+                // From about when the backlog began to drain (`live_since`): what was sent
+                // since is live.
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
-                    start_time: (std::time::SystemTime::now() - LIVE_LANE_LOOKBACK).into(),
+                    start_time: since.into(),
                 },
                 ack_policy: jetstream::consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
@@ -367,4 +416,33 @@ pub async fn consumer_lag(
     tokio::time::timeout(timeout, ask)
         .await
         .map_err(|_| Error::Nats("jetstream did not answer in time".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn back(open_for: Duration) -> Duration {
+        let since = live_since(open_for);
+        std::time::SystemTime::now()
+            .duration_since(since)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_live_lane_starts_when_the_consumer_opened_and_never_more_than_a_second_back() {
+        // Just reopened (a tier resumed with a backlog): from then, with the clock margin.
+        let fresh = back(Duration::ZERO);
+        assert!(
+            fresh >= LIVE_LANE_MARGIN && fresh < LIVE_LANE_MARGIN * 2,
+            "{fresh:?}"
+        );
+        let reopened = back(Duration::from_millis(300));
+        assert!(reopened >= Duration::from_millis(400), "{reopened:?}");
+        assert!(reopened < Duration::from_millis(500), "{reopened:?}");
+        // Open for long and fallen behind: a second back at most.
+        let behind = back(Duration::from_secs(3600));
+        assert!(behind >= LIVE_LANE_LOOKBACK, "{behind:?}");
+        assert!(behind < LIVE_LANE_LOOKBACK + LIVE_LANE_MARGIN, "{behind:?}");
+    }
 }

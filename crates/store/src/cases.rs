@@ -222,16 +222,27 @@ pub async fn append(
     Ok(())
 }
 
-/// Stores events applied here (a replica's, with no outbox row) and the projections they led to,
-/// in one statement whatever their number: `applied` in order, several events of one case among
-/// them, each with the case as it stood after it. The projection stored is each case's last.
+/// Stores events and the projections they led to, in one statement whatever their number:
+/// `applied` in order, several events of one case among them, each with the case as it stood after
+/// it. The projection stored is each case's last. `outgoing` is empty for events applied from
+/// another tier (a replica's), or one outbox row per event of `applied`, in its order, for events
+/// this tier authored (a batch of reports), all for the same peers.
 pub async fn append_many(
     conn: &mut PgConnection,
     applied: &[(pb::Case, pb::CaseEvent)],
+    outgoing: &[Outgoing<'_>],
 ) -> Result<()> {
     if applied.is_empty() {
         return Ok(());
     }
+    if !outgoing.is_empty() && outgoing.len() != applied.len() {
+        return Err(crate::Error::Mismatch(format!(
+            "{} outbox rows for {} events",
+            outgoing.len(),
+            applied.len()
+        )));
+    }
+    let peers: &[&str] = outgoing.first().map_or(&[], |o| o.peers);
     // Each case's last projection, once: an upsert may not touch a row twice in one statement.
     let mut seen = std::collections::HashSet::new();
     let last: Vec<&pb::Case> = applied
@@ -273,6 +284,12 @@ pub async fn append_many(
             INSERT INTO case_events (event_id, case_id, seq, at, tier, kind, body)
             SELECT * FROM unnest($22::uuid[], $23::uuid[], $24::bigint[], $25::timestamptz[],
                                  $26::text[], $27::text[], $28::bytea[])
+         ), sent AS (
+            INSERT INTO outbox (event_id, case_id, seq, subject, body, pending_tiers)
+            SELECT o.event_id, o.case_id, o.seq, o.subject, o.body, $31::text[]
+            FROM unnest($22::uuid[], $23::uuid[], $24::bigint[], $29::text[], $30::bytea[])
+                 AS o(event_id, case_id, seq, subject, body)
+            WHERE o.subject IS NOT NULL
          )
          INSERT INTO case_count_deltas (added)
          SELECT count(*) FROM stored WHERE created HAVING count(*) > 0"
@@ -306,6 +323,9 @@ pub async fn append_many(
     .bind(logged.iter().map(|l| l.tier).collect::<Vec<_>>())
     .bind(logged.iter().map(|l| l.kind).collect::<Vec<_>>())
     .bind(logged.into_iter().map(|l| l.body).collect::<Vec<_>>())
+    .bind(outgoing.iter().map(|o| o.subject).collect::<Vec<_>>())
+    .bind(outgoing.iter().map(|o| o.body).collect::<Vec<_>>())
+    .bind(peers)
     .execute(&mut *conn)
     .await?;
     Ok(())

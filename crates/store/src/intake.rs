@@ -39,42 +39,82 @@ pub async fn find(
     .await?)
 }
 
-/// Claims the key for a new case, in the report's transaction. None when the key is taken: a
-/// concurrent copy that holds it is waited for, so after None [`find`] sees the winner.
+/// A new report's claim: its intake key, the case it would create and where its number is drawn.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub reporter_id: &'a str,
+    pub client_id: &'a str,
+    pub case_id: Uuid,
+    /// SHA-256 of the normalized report.
+    pub digest: &'a [u8; 32],
+    /// The community whose daily numbers the report draws from, and the day (China time).
+    pub community: &'a str,
+    pub day: chrono::NaiveDate,
+}
+
+/// Claims the keys of a batch of new reports, in the batch's transaction and in one statement, and
+/// draws each claimed report its community's next daily number (350205002006-20261126-`sequence`,
+/// see `cases::case_number`): `Some(sequence)` per claim, in the batch's order, numbered in that
+/// order within a community and day.
 ///
-/// When the key was free, also draws the community's next daily report number, in the same
-/// round trip: `Some(sequence)` (350205002006-20261126-`sequence`, see `cases::case_number`);
-/// `None` means the key was taken, and no number is used up.
+/// `None` means the key was taken, by an earlier report or by an earlier claim of the same batch,
+/// and no number is used up. A concurrent transaction holding a key is waited for, so after None
+/// [`find`] sees the winner once this transaction ends.
 pub async fn claim_numbered(
     conn: &mut PgConnection,
-    key: (&str, &str),
-    case_id: Uuid,
-    digest: &[u8; 32],
-    (community, day): (&str, chrono::NaiveDate),
-) -> Result<Option<i32>> {
-    let (reporter_id, client_id) = key;
-    let last: Option<i32> = sqlx::query_scalar(
-        "WITH claimed AS (
+    claims: &[Claim<'_>],
+) -> Result<Vec<Option<i32>>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each (community, day) row is bumped once by the number of its claims (an upsert may not
+    // touch a row twice in one statement), in key order so that two batches never wait on each
+    // other in a circle; the claims then take the numbers below the new last in batch order.
+    let numbered: Vec<(i64, i32)> = sqlx::query_as(
+        "WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bytea[], $5::text[],
+                                 $6::date[]) WITH ORDINALITY
+              AS i(reporter_id, client_id, case_id, digest, community_code, day, ord)
+         ), claimed AS (
             INSERT INTO intake_keys (reporter_id, client_id, case_id, payload_digest)
-            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-            RETURNING 1
-         ), numbered AS (
+            SELECT reporter_id, client_id, case_id, digest FROM input ORDER BY ord
+            ON CONFLICT DO NOTHING
+            RETURNING case_id
+         ), won AS (
+            SELECT input.* FROM input JOIN claimed USING (case_id)
+         ), counted AS (
+            SELECT community_code, day, count(*)::integer AS n FROM won GROUP BY community_code, day
+         ), bumped AS (
             INSERT INTO case_numbers (community_code, day, last)
-            SELECT $5, $6, 1 WHERE EXISTS (SELECT 1 FROM claimed)
-            ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + 1
-            RETURNING last
+            SELECT community_code, day, n FROM counted ORDER BY community_code, day
+            ON CONFLICT (community_code, day) DO UPDATE SET last = case_numbers.last + EXCLUDED.last
+            RETURNING community_code, day, last
          )
-         SELECT last FROM numbered",
+         SELECT won.ord,
+                (bumped.last - counted.n
+                 + row_number() OVER (PARTITION BY won.community_code, won.day ORDER BY won.ord))::integer
+         FROM won
+         JOIN counted USING (community_code, day)
+         JOIN bumped USING (community_code, day)",
     )
-    .bind(reporter_id)
-    .bind(client_id)
-    .bind(case_id)
-    .bind(digest.as_slice())
-    .bind(community)
-    .bind(day)
-    .fetch_optional(conn)
+    .bind(claims.iter().map(|c| c.reporter_id).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.client_id).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.case_id).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.digest.as_slice()).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.community).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.day).collect::<Vec<_>>())
+    .fetch_all(conn)
     .await?;
-    Ok(last)
+    let mut sequences = vec![None; claims.len()];
+    for (ord, sequence) in numbered {
+        // WITH ORDINALITY counts from 1.
+        let slot = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|index| sequences.get_mut(index))
+            .ok_or_else(|| crate::Error::Mismatch(format!("claim {ord} of {}", claims.len())))?;
+        *slot = Some(sequence);
+    }
+    Ok(sequences)
 }
 
 #[cfg(test)]

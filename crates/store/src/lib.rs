@@ -23,6 +23,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum Error {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A caller broke a function's contract (a bug of ours, never the data).
+    #[error("store misused: {0}")]
+    Mismatch(String),
     #[error("stored {what} does not decode: {source}")]
     Corrupt {
         what: &'static str,

@@ -2,7 +2,8 @@
 //! every change. (Events replicated from the other tiers are applied by `replicate`.)
 //!
 //! Write path: lock the case row, run the state machine, check that the event can travel, store
-//! event + projection + outbox row in one transaction, wake the relay.
+//! event + projection + outbox row in one transaction, wake the relay. New reports are written
+//! together with the others that arrive meanwhile (`intake`, group commit).
 
 use std::sync::{Arc, RwLock};
 
@@ -24,6 +25,7 @@ use wangge_store::{cases, intake};
 use crate::Error;
 use crate::clocks::{self, Rules};
 use crate::config::IntakeConfig;
+use crate::intake::{BatchError, IntakeQueue, NewCase, Outcome};
 use crate::policy::Grant;
 use crate::request::NewReport;
 use crate::time::{SystemTime, Time};
@@ -52,6 +54,8 @@ pub struct Engine {
     /// The events this engine committed lately: when they come back from the bus (a tier
     /// consumes its whole scope, its own events too) they are dropped without a database trip.
     recent: std::sync::Mutex<RecentIds>,
+    /// New reports waiting to be written together (group commit).
+    intake_queue: IntakeQueue,
 }
 
 /// A bounded set of event ids, the oldest forgotten first.
@@ -130,6 +134,7 @@ impl Engine {
             time: Arc::new(SystemTime),
             rules: RwLock::new(Arc::new(Rules::default())),
             recent: std::sync::Mutex::new(RecentIds::default()),
+            intake_queue: IntakeQueue::default(),
         }
     }
 
@@ -250,9 +255,14 @@ impl Engine {
     #[instrument(skip_all, fields(client_id = %report.client_id))]
     ///
     /// The report must lie in one of the grids `grant` covers (a grid worker reports in their own).
-    pub async fn report(&self, grant: &Grant, report: NewReport) -> Result<pb::Case, Error> {
+    pub async fn report(
+        self: &Arc<Self>,
+        grant: &Grant,
+        report: NewReport,
+    ) -> Result<pb::Case, Error> {
         let actor = grant.actor();
         let digest = report.digest();
+        let client_id = report.client_id.clone();
         // A resubmitted report is found when its key is claimed below: looking for it first would
         // cost every new report a round trip.
         let pb::GeoPoint {
@@ -290,43 +300,22 @@ impl Engine {
                 .skips_street(&report.category_code, report.urgency);
         let community = grid.community();
         let day = china_day(received);
-        let mut tx = self.pool.begin().await?;
-        // The key first (with the case number): a concurrent copy of this report waits here for
-        // ours to commit, then finds it taken and returns our case.
-        let claimed = intake::claim_numbered(
-            &mut tx,
-            (&actor.id, &report.client_id),
-            case_id,
-            &digest,
-            (community.as_str(), day),
-        )
-        .await?;
-        let Some(sequence) = claimed else {
-            drop(tx);
-            debug!(
-                "the report was taken before (a resubmission or a concurrent copy), returning its case"
-            );
-            return self
-                .earlier_report(&actor.id, &report, &digest)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("case of client_id {}", report.client_id)));
-        };
-        let number = cases::case_number(community.as_str(), day, sequence);
-        let event = pb::CaseEvent {
+        let mut event = pb::CaseEvent {
             event_id: Uuid::now_v7().to_string(),
             case_id: case_id.to_string(),
             seq: 1,
             at: Some(at),
             tier: pb::Tier::Village as i32,
-            org_code: grid.community().to_string(),
-            actor: Some(actor),
+            org_code: community.to_string(),
+            actor: Some(actor.clone()),
             note: String::new(),
             attachments: report.attachments.into_vec(),
             state_after: 0,
             owner_after: None,
             kind: Some(Kind::Reported(pb::Reported {
                 client_id: report.client_id,
-                number,
+                // Drawn in the batch's transaction (`write_reports`).
+                number: String::new(),
                 category_code: report.category_code,
                 description: report.description,
                 location: Some(report.location),
@@ -338,7 +327,40 @@ impl Engine {
                 skip_street,
             })),
         };
-        let case = self.commit(tx, None, event).await?;
+        // Checked here with the longest number of an ordinary day, so that a report the bus
+        // cannot carry is refused on its own rather than in the batch it would have joined.
+        set_number(
+            &mut event,
+            cases::case_number(community.as_str(), day, 9999),
+        );
+        self.seal(None, event.clone())?;
+        set_number(&mut event, String::new());
+        let outcome = self
+            .intake_queue
+            .submit(
+                self,
+                NewCase {
+                    reporter_id: actor.id.clone(),
+                    client_id: client_id.clone(),
+                    digest,
+                    community: community.to_string(),
+                    day,
+                    event,
+                },
+            )
+            .await?;
+        let case = match outcome {
+            Outcome::Reported(case) => *case,
+            Outcome::Taken => {
+                debug!(
+                    "the report was taken before (a resubmission or a concurrent copy), returning its case"
+                );
+                return self
+                    .earlier_report(&actor.id, &client_id, &digest)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("case of client_id {client_id}")));
+            }
+        };
         info!(
             case_id = %case.id,
             number = %case.number,
@@ -348,6 +370,84 @@ impl Engine {
             "case reported"
         );
         Ok(self.with_clocks(case))
+    }
+
+    /// Writes a batch of new reports in one transaction (see `intake`): claims their keys and
+    /// draws their numbers in one statement, stores every case, event and outbox row in another,
+    /// commits, then tells the relay and the watchers. A report whose key was taken makes no case.
+    pub(crate) async fn write_reports(
+        &self,
+        batch: &[&NewCase],
+    ) -> Result<Vec<Outcome>, BatchError> {
+        let all = |error: wangge_store::Error| BatchError::All(error.into());
+        let claims: Vec<intake::Claim<'_>> = batch
+            .iter()
+            .map(|case| {
+                Ok(intake::Claim {
+                    reporter_id: &case.reporter_id,
+                    client_id: &case.client_id,
+                    case_id: parse_case_id(&case.event.case_id).map_err(BatchError::All)?,
+                    digest: &case.digest,
+                    community: &case.community,
+                    day: case.day,
+                })
+            })
+            .collect::<Result<_, BatchError>>()?;
+        let mut tx = self.pool.begin().await.map_err(|e| all(e.into()))?;
+        let sequences = intake::claim_numbered(&mut tx, &claims)
+            .await
+            .map_err(all)?;
+        // Per report of the batch, the index of its case among those written (None: taken).
+        let mut written = Vec::with_capacity(batch.len());
+        let mut sealed = Vec::with_capacity(batch.len());
+        for (index, (case, sequence)) in batch.iter().zip(sequences).enumerate() {
+            let Some(sequence) = sequence else {
+                written.push(None);
+                continue;
+            };
+            let mut event = case.event.clone();
+            set_number(
+                &mut event,
+                cases::case_number(&case.community, case.day, sequence),
+            );
+            let one = self
+                .seal(None, event)
+                .map_err(|e| BatchError::Report(index, e))?;
+            written.push(Some(sealed.len()));
+            sealed.push(one);
+        }
+        let peers = self.peer_names();
+        let outgoing: Vec<cases::Outgoing<'_>> = sealed
+            .iter()
+            .map(|s| cases::Outgoing {
+                subject: &s.subject,
+                body: &s.body,
+                peers: &peers,
+            })
+            .collect();
+        let applied: Vec<(pb::Case, pb::CaseEvent)> = sealed
+            .iter()
+            .map(|s| (s.after.clone(), s.event.clone()))
+            .collect();
+        cases::append_many(&mut tx, &applied, &outgoing)
+            .await
+            .map_err(all)?;
+        tx.commit().await.map_err(|e| all(e.into()))?;
+        self.relay.wake();
+        for (after, event) in &applied {
+            self.remember(event);
+            self.announce(pb::CaseUpdate {
+                case: Some(after.clone()),
+                event: Some(event.clone()),
+            });
+        }
+        Ok(written
+            .into_iter()
+            .map(|at| match at {
+                Some(index) => Outcome::Reported(Box::new(applied[index].0.clone())),
+                None => Outcome::Taken,
+            })
+            .collect())
     }
 
     /// Open cases of `category` reported within the intake's radius and window of the point,
@@ -413,11 +513,11 @@ impl Engine {
     async fn earlier_report(
         &self,
         reporter_id: &str,
-        report: &NewReport,
+        client_id: &str,
         digest: &[u8; 32],
     ) -> Result<Option<pb::Case>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let Some(key) = intake::find(&mut conn, reporter_id, &report.client_id).await? else {
+        let Some(key) = intake::find(&mut conn, reporter_id, client_id).await? else {
             return Ok(None);
         };
         if !key.matches(digest) {
@@ -426,7 +526,7 @@ impl Engine {
                 message: format!(
                     "{} was used by this reporter for a different report (case {}); \
                      a new report needs a new client_id",
-                    report.client_id, key.case_id
+                    client_id, key.case_id
                 ),
             });
         }
@@ -496,8 +596,27 @@ impl Engine {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         before: Option<&pb::Case>,
-        mut event: pb::CaseEvent,
+        event: pb::CaseEvent,
     ) -> Result<(pb::Case, pb::CaseEvent), Error> {
+        let Sealed {
+            after,
+            event,
+            subject,
+            body,
+        } = self.seal(before, event)?;
+        let peers = self.peer_names();
+        let outgoing = cases::Outgoing {
+            subject: &subject,
+            body: &body,
+            peers: &peers,
+        };
+        cases::append(tx, &after, &event, Some(outgoing)).await?;
+        Ok((after, event))
+    }
+
+    /// Runs the state machine on `event` and makes the envelope it travels in, refusing an event
+    /// too large to travel; stores nothing.
+    fn seal(&self, before: Option<&pb::Case>, mut event: pb::CaseEvent) -> Result<Sealed, Error> {
         let after = machine::apply(before, &event)?;
         machine::seal(&mut event, &after);
         let grid = stored_grid(&after)?;
@@ -510,15 +629,17 @@ impl Engine {
         if body.len() > self.max_event_bytes {
             return Err(too_large(&event, body.len(), self.max_event_bytes));
         }
-        let peers: Vec<&str> = self.peers.iter().map(|&t| machine::tier_name(t)).collect();
-        let subject = wangge_bus::case_subject(&grid);
-        let outgoing = cases::Outgoing {
-            subject: &subject,
-            body: &body,
-            peers: &peers,
-        };
-        cases::append(tx, &after, &event, Some(outgoing)).await?;
-        Ok((after, event))
+        Ok(Sealed {
+            after,
+            event,
+            subject: wangge_bus::case_subject(&grid),
+            body,
+        })
+    }
+
+    /// The tiers that must confirm this tier's events, by name (the outbox's `pending_tiers`).
+    fn peer_names(&self) -> Vec<&'static str> {
+        self.peers.iter().map(|&t| machine::tier_name(t)).collect()
     }
 
     /// The next event by this tier on `case`.
@@ -631,6 +752,21 @@ impl Engine {
 }
 
 /// Why an event cannot travel, naming the part of the request that made it large.
+/// An event run through the state machine, with the case after it and its envelope.
+struct Sealed {
+    after: pb::Case,
+    event: pb::CaseEvent,
+    subject: String,
+    body: Vec<u8>,
+}
+
+/// Sets the daily number (编号) of a 上报 event.
+fn set_number(event: &mut pb::CaseEvent, number: String) {
+    if let Some(Kind::Reported(reported)) = &mut event.kind {
+        reported.number = number;
+    }
+}
+
 fn too_large(event: &pb::CaseEvent, bytes: usize, limit: usize) -> Error {
     let attachments: usize = event.attachments.iter().map(|a| a.encoded_len()).sum();
     let field = if attachments * 2 > bytes {

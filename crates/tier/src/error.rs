@@ -45,6 +45,12 @@ pub enum Error {
     /// A bug of ours: logged, opaque to the caller.
     #[error("{0}")]
     Internal(String),
+    /// Nothing was decided because a dependency is away; the cause was logged where it was seen.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Nothing was decided because a concurrent change got in the way; try again.
+    #[error("{0}")]
+    Aborted(String),
     #[error(transparent)]
     Store(#[from] wangge_store::Error),
 }
@@ -65,6 +71,27 @@ impl Error {
                 message,
             },
             other => other,
+        }
+    }
+}
+
+impl Error {
+    /// The same failure for each caller of a batch that failed as a whole (a database error is
+    /// not `Clone`): its class decides the code, as [`Status::from`] would.
+    pub(crate) fn for_each_caller(&self) -> Error {
+        match self {
+            Error::Store(store) => match store.class() {
+                Class::Unavailable => {
+                    Error::Unavailable("the database is unavailable, try again".into())
+                }
+                Class::Contention => {
+                    Error::Aborted("a concurrent change got in the way, try again".into())
+                }
+                Class::Permanent => Error::Internal(format!("storage failure: {store}")),
+            },
+            Error::Unavailable(message) => Error::Unavailable(message.clone()),
+            Error::Aborted(message) => Error::Aborted(message.clone()),
+            other => Error::Internal(format!("a batch failed as a whole: {other}")),
         }
     }
 }
@@ -93,6 +120,8 @@ impl From<Error> for Status {
                 error!(%message, "internal error");
                 Status::internal("internal error")
             }
+            Error::Unavailable(message) => Status::unavailable(message),
+            Error::Aborted(message) => Status::aborted(message),
             Error::Store(store) => match store.class() {
                 Class::Unavailable => {
                     warn!(error = %store, "database unavailable");
@@ -161,8 +190,17 @@ mod tests {
                 Error::Store(sqlx::Error::RowNotFound.into()),
                 Code::Internal,
             ),
+            (Error::Unavailable("away".into()), Code::Unavailable),
+            (Error::Aborted("raced".into()), Code::Aborted),
         ];
         for (error, code) in cases {
+            // Each caller of a failed batch gets the code the failure itself maps to.
+            let shared = error.for_each_caller();
+            let expected_shared = match &error {
+                Error::Store(_) | Error::Unavailable(_) | Error::Aborted(_) => code,
+                _ => Code::Internal,
+            };
+            assert_eq!(Status::from(shared).code(), expected_shared, "{error:?}");
             assert_eq!(Status::from(error).code(), code);
         }
     }

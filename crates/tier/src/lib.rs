@@ -10,6 +10,7 @@ pub mod console;
 pub mod engine;
 mod error;
 pub mod evaluation;
+mod intake;
 pub mod limits;
 #[cfg(test)]
 mod machine_proptests;

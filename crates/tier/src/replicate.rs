@@ -171,7 +171,7 @@ impl Batch {
                 keys.len()
             )));
         }
-        cases::append_many(tx, &self.applied).await?;
+        cases::append_many(tx, &self.applied, &[]).await?;
         self.applied.clear();
         Ok(())
     }
@@ -207,6 +207,12 @@ impl Replicator {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `event` is one this tier wrote lately (then it is in the database already).
+    fn is_own_recent(&self, event: &pb::CaseEvent) -> bool {
+        event.tier() == self.engine.tier()
+            && Uuid::parse_str(&event.event_id).is_ok_and(|id| self.engine.wrote_recently(id))
+    }
+
     /// Applies a batch of bus messages: in one transaction when all goes well (one commit, one
     /// fsync, for the lot), else one by one.
     pub async fn apply_batch(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
@@ -227,13 +233,22 @@ impl Replicator {
     }
 
     async fn in_one_transaction(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
-        let mut tx = self.engine.pool().begin().await?;
-        let mut effects = Effects::default();
         // Each envelope decoded once: its case is locked with the batch's, then it is applied.
         let events: Vec<Result<pb::CaseEvent, String>> =
             messages.iter().map(|m| case_event_in(m.payload)).collect();
+        // Our own events coming back (a tier consumes its whole scope) need no lock and no
+        // transaction: a village consuming the reports it just took does not touch its database.
+        let own = |event: &Result<pb::CaseEvent, String>| {
+            event.as_ref().is_ok_and(|event| self.is_own_recent(event))
+        };
+        if events.iter().all(own) {
+            return Ok(Effects::default());
+        }
+        let mut tx = self.engine.pool().begin().await?;
+        let mut effects = Effects::default();
         let mut ids: Vec<Uuid> = events
             .iter()
+            .filter(|event| !own(event))
             .filter_map(|event| event.as_ref().ok())
             .filter_map(|event| Uuid::parse_str(&event.case_id).ok())
             .collect();
@@ -349,7 +364,7 @@ impl Replicator {
             .await;
         };
         // Our own event coming back: committed here before it was sent, nothing to do.
-        if event.tier() == self.engine.tier() && self.engine.wrote_recently(event_id) {
+        if self.is_own_recent(&event) {
             return Ok(());
         }
         let incoming = Incoming {
