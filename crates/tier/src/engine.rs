@@ -333,7 +333,7 @@ impl Engine {
             &mut event,
             cases::case_number(community.as_str(), day, 9999),
         );
-        self.seal(None, event.clone())?;
+        let bytes = self.seal(None, event.clone())?.body.len();
         set_number(&mut event, String::new());
         let outcome = self
             .intake_queue
@@ -346,6 +346,7 @@ impl Engine {
                     community: community.to_string(),
                     day,
                     event,
+                    bytes,
                 },
             )
             .await?;

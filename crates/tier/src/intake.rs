@@ -30,6 +30,8 @@ pub(crate) struct NewCase {
     pub day: NaiveDate,
     /// The 上报 event, its `number` still blank.
     pub event: pb::CaseEvent,
+    /// About the bytes it stores (its envelope's size).
+    pub bytes: usize,
 }
 
 /// What became of a report in its batch.
@@ -51,8 +53,10 @@ pub(crate) enum BatchError {
     All(Error),
 }
 
-/// At most this many reports go in one transaction; more wait for the next.
+/// At most this many reports go in one transaction, and (but for a first report that is larger
+/// alone) this many bytes of them; more wait for the next.
 const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The reports waiting for the next transaction, and whoever writes one.
 #[derive(Debug, Default)]
@@ -87,11 +91,7 @@ impl IntakeQueue {
                 }
                 writer = self.writer.clone().lock_owned() => writer,
             };
-            let batch: Vec<Queued> = {
-                let mut waiting = self.waiting();
-                let n = waiting.len().min(MAX_BATCH);
-                waiting.drain(..n).collect()
-            };
+            let batch = self.next_batch();
             if batch.is_empty() {
                 // Ours went with an earlier batch, whose answers are out before its writer lets go.
                 continue;
@@ -102,6 +102,23 @@ impl IntakeQueue {
                 drop(writer);
             });
         }
+    }
+
+    /// The oldest waiting reports, as many as one transaction takes.
+    fn next_batch(&self) -> Vec<Queued> {
+        let mut waiting = self.waiting();
+        let mut bytes = 0;
+        let taken = waiting
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|queued| {
+                bytes += queued.case.bytes;
+                bytes <= MAX_BATCH_BYTES
+            })
+            .count()
+            .max(1)
+            .min(waiting.len());
+        waiting.drain(..taken).collect()
     }
 
     fn waiting(&self) -> MutexGuard<'_, Vec<Queued>> {
@@ -147,5 +164,45 @@ async fn write(engine: &Engine, mut batch: Vec<Queued>) {
 fn answer_all(batch: Vec<Queued>, error: &Error) {
     for queued in batch {
         let _ = queued.answer.send(Err(error.for_each_caller()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(sizes: &[usize]) -> IntakeQueue {
+        let queue = IntakeQueue::default();
+        for &bytes in sizes {
+            let (answer, _) = oneshot::channel();
+            let case = NewCase {
+                reporter_id: "gw-1".into(),
+                client_id: format!("c-{bytes}"),
+                digest: [0; 32],
+                community: "350205002006".into(),
+                day: NaiveDate::default(),
+                event: pb::CaseEvent::default(),
+                bytes,
+            };
+            queue.waiting().push(Queued { case, answer });
+        }
+        queue
+    }
+
+    #[test]
+    fn a_batch_takes_the_oldest_reports_up_to_its_count_and_bytes() {
+        assert!(queue_of(&[]).next_batch().is_empty());
+        // By count: 256, then the rest.
+        let many = queue_of(&[1_000; 300]);
+        assert_eq!(many.next_batch().len(), MAX_BATCH);
+        assert_eq!(many.next_batch().len(), 300 - MAX_BATCH);
+        // By bytes: three of 1.5 MiB fill 4 MiB with two.
+        let large = queue_of(&[1_536 * 1024; 3]);
+        assert_eq!(large.next_batch().len(), 2);
+        assert_eq!(large.next_batch().len(), 1);
+        // A report larger than a batch's bytes still goes, alone.
+        let huge = queue_of(&[MAX_BATCH_BYTES + 1, 10]);
+        assert_eq!(huge.next_batch().len(), 1);
+        assert_eq!(huge.next_batch().len(), 1);
     }
 }
