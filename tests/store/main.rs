@@ -217,3 +217,93 @@ async fn a_batch_of_claims_numbers_each_community_in_order_and_skips_taken_keys(
     );
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
+    use wangge_store::outbox;
+
+    let db = TestDb::seeded("store_outbox").await;
+    let pool = db.pool().await;
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let applied = vec![
+        (
+            case(first, "o-1", pb::CaseState::Reported, 1),
+            event(first, 1),
+        ),
+        (
+            case(second, "o-2", pb::CaseState::Reported, 1),
+            event(second, 1),
+        ),
+    ];
+    let ids: Vec<Uuid> = applied
+        .iter()
+        .map(|(_, e)| e.event_id.parse().unwrap())
+        .collect();
+    let peers = ["street", "district"];
+    let outgoing: Vec<cases::Outgoing<'_>> = applied
+        .iter()
+        .map(|_| cases::Outgoing {
+            subject: "wg.case.350205.002.006.001",
+            body: b"envelope",
+            peers: &peers,
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    // Outbox rows must come one per event.
+    assert!(
+        cases::append_many(&mut tx, &applied, &outgoing[..1])
+            .await
+            .is_err()
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    cases::append_many(&mut tx, &applied, &outgoing)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let pending = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Vec<String>>(
+                "SELECT pending_tiers FROM outbox WHERE event_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        pending(ids[0]).await,
+        Some(vec!["street".into(), "district".into()])
+    );
+
+    // The street confirms both before the relay recorded a send: they stay, for the district.
+    assert_eq!(outbox::confirm(&pool, "street", &ids).await.unwrap(), 0);
+    assert_eq!(pending(ids[1]).await, Some(vec!["district".to_owned()]));
+    // Again: nothing changes.
+    assert_eq!(outbox::confirm(&pool, "street", &ids).await.unwrap(), 0);
+
+    // The first was sent; the district confirms both: the first leaves, the second waits for the
+    // relay's bookkeeping of its send, with no peer left.
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE event_id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox::confirm(&pool, "district", &ids).await.unwrap(), 1);
+    assert_eq!(pending(ids[0]).await, None);
+    assert_eq!(pending(ids[1]).await, Some(Vec::new()));
+
+    // Once its send is recorded, a late copy of a confirmation takes it out.
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE event_id = $1")
+        .bind(ids[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox::confirm(&pool, "district", &ids[1..]).await.unwrap(),
+        1
+    );
+    assert_eq!(pending(ids[1]).await, None);
+}

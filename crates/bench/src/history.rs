@@ -1284,11 +1284,30 @@ struct Chunk {
     stats: Stats,
 }
 
-fn chunk(registry: &Registry, timeline: &Timeline, range: Range<usize>) -> anyhow::Result<Chunk> {
-    let mut cases = Copy::new(range.len() * 1200);
-    let mut events = Copy::new(range.len() * 8 * 400);
-    let mut stats = Stats::default();
+/// The reports of `range` that calls about the present touch: open at the anchor, or changed
+/// within `recent` before it (built as the load builds them, so the same walks).
+pub(crate) fn working_set(
+    registry: &Registry,
+    timeline: &Timeline,
+    range: Range<usize>,
+    recent: Duration,
+) -> anyhow::Result<Vec<usize>> {
+    let since = timeline.anchor - i64::try_from(recent.as_micros())?;
+    let mut active = Vec::new();
     for n in range {
+        let walk = build(registry, timeline, n)?;
+        if walk.stopped || walk.at >= since {
+            active.push(n);
+        }
+    }
+    Ok(active)
+}
+
+fn chunk(registry: &Registry, timeline: &Timeline, indexes: &[usize]) -> anyhow::Result<Chunk> {
+    let mut cases = Copy::new(indexes.len() * 1200);
+    let mut events = Copy::new(indexes.len() * 8 * 400);
+    let mut stats = Stats::default();
+    for &n in indexes {
         let walk = build(registry, timeline, n)?;
         let case = walk.case.as_ref().context("a case without events")?;
         case_row(&mut cases, case)?;
@@ -1321,7 +1340,7 @@ pub(crate) struct Loaded {
     pub vacuum: Duration,
 }
 
-/// Builds reports `range` of the timeline and copies them into the database behind `conn` (a
+/// Builds reports `indexes` of the timeline and copies them into the database behind `conn` (a
 /// migrated, seeded wangge database nobody else writes to), with their events, the day's case
 /// numbers, the case count, the village's intake keys; then VACUUM ANALYZE, as a database that
 /// has lived for years has been vacuumed.
@@ -1329,9 +1348,9 @@ pub(crate) async fn load(
     conn: &mut PgConnection,
     registry: Arc<Registry>,
     timeline: Arc<Timeline>,
-    range: Range<usize>,
+    indexes: Vec<usize>,
 ) -> anyhow::Result<Loaded> {
-    let total = range.len();
+    let total = indexes.len();
     // The rows are consistent by construction (each chunk's cases before its events): the
     // per-row foreign-key triggers would only slow the load. Needs a superuser; without one the
     // triggers run.
@@ -1349,17 +1368,14 @@ pub(crate) async fn load(
     // Building runs on the blocking pool while the rows before it are copied.
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<anyhow::Result<Chunk>>(4);
     let builder = {
-        let (registry, timeline, range) = (registry.clone(), timeline.clone(), range.clone());
+        let (registry, timeline) = (registry.clone(), timeline.clone());
         tokio::task::spawn_blocking(move || {
-            let mut start = range.start;
-            while start < range.end {
-                let end = (start + CHUNK).min(range.end);
-                let built = chunk(&registry, &timeline, start..end);
+            for part in indexes.chunks(CHUNK) {
+                let built = chunk(&registry, &timeline, part);
                 let failed = built.is_err();
                 if sender.blocking_send(built).is_err() || failed {
                     return;
                 }
-                start = end;
             }
         })
     };

@@ -92,7 +92,9 @@ pub struct Args {
     /// The large history of --scale, cases.
     #[arg(long, default_value_t = 1_000_000)]
     scale_cases: u64,
-    /// The small history of --scale, cases: the newest of the large one.
+    /// The small history of --scale, cases: the newest of the large one, to which the large one's
+    /// working set is added (its older cases still open at the end or changed in its last 25 h),
+    /// so that both sizes hold the same open work and the same last day.
     #[arg(long, default_value_t = 1_000)]
     scale_small: u64,
     /// The years the history of --scale reaches back.

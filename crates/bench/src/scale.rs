@@ -12,9 +12,8 @@
 //! again and times the same calls. The table shows each call at both sizes and the ratio of the
 //! medians against the target; nothing asserts on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +48,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE_WITHIN: Duration = Duration::from_secs(180);
 /// The district's command center.
 const DISTRICT_CENTER: &str = "350205000000";
+/// A page of the field app's lists: what a phone shows at once.
+const FIELD_PAGE: u32 = 20;
+/// The small history holds every older case changed this long before the run: the evaluations
+/// look at the last 24 h, and the large history is timed minutes after the run began.
+const WORKING_WINDOW: Duration = Duration::from_secs(25 * 3600);
 
 /// The states further work follows: a console's 待办.
 const OPEN_STATES: [pb::CaseState; 14] = [
@@ -197,22 +201,52 @@ pub(crate) async fn all(args: &Args, world: &mut World, report: &mut Report) -> 
     );
 
     let total = timeline.len();
+    // The small history is the large one's newest cases and its working set: what is still open
+    // at the end and what changed in the last day (the evaluations' window). The two sizes then
+    // hold the same open work and the same last day, and differ only by the closed, quiet years:
+    // the growth a district sees, which the calls must not feel. (The newest cases alone would
+    // make the large history's answers bigger: its older open cases, its cases closed today.)
+    let newest = total - sizes.small..total;
+    let active = phase!(
+        report,
+        "the working set: the older cases open at the end or changed in its last 25 h",
+        {
+            let (registry, timeline) = (registry.clone(), timeline.clone());
+            let older = 0..newest.start;
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    history::working_set(&registry, &timeline, older, WORKING_WINDOW)
+                })
+                .await
+                .context("the working set's builder panicked")?
+            }
+        }
+    )?;
+    let small: Vec<usize> = active.iter().copied().chain(newest.clone()).collect();
+    let rest: Vec<usize> = {
+        let active: HashSet<usize> = active.iter().copied().collect();
+        (0..newest.start).filter(|n| !active.contains(n)).collect()
+    };
+    report.meta(
+        "small_history",
+        json!({ "newest": sizes.small, "open_or_changed_in_the_last_25h": active.len() }),
+    );
     let steps = [
-        (sizes.small, total - sizes.small..total),
-        (sizes.large, 0..total - sizes.small),
+        (small.len(), small.clone(), small),
+        (total, rest, (0..total).collect()),
     ];
     let mut plan: Option<Plan> = None;
     let mut results: Vec<(usize, Measured)> = Vec::new();
-    for (size, range) in steps {
+    for (size, load, held) in steps {
         let label = human(size);
         report.section(&format!("History of {label} cases"));
         let loaded = phase!(
             report,
             format!(
                 "history: build and copy {} cases ({label} in all)",
-                range.len()
+                load.len()
             ),
-            load_history(world, &history_db, &registry, &timeline, range.clone())
+            load_history(world, &history_db, &registry, &timeline, load)
         );
         let Ok(loaded) = loaded else {
             break;
@@ -247,12 +281,10 @@ pub(crate) async fn all(args: &Args, world: &mut World, report: &mut Report) -> 
                 ),
                 settle(world, &key, &label, report)
             );
-            // The whole history at this size: the small one is the newest part of the large.
-            let held = range.start.min(total - sizes.small)..total;
             let measured = phase!(
                 report,
                 format!("time the calls at {label} cases"),
-                measure(world, &key, &registry, &timeline, &plan, held, sizes.calls)
+                measure(world, &key, &registry, &timeline, &plan, &held, sizes.calls)
             );
             after_measuring(world, &key, &label, report).await;
             if let Ok(measured) = measured {
@@ -282,7 +314,7 @@ async fn load_history(
     history_db: &str,
     registry: &Arc<Registry>,
     timeline: &Arc<Timeline>,
-    range: Range<usize>,
+    indexes: Vec<usize>,
 ) -> anyhow::Result<Loaded> {
     use sqlx::ConnectOptions;
     let mut conn = tokio::time::timeout(
@@ -291,7 +323,7 @@ async fn load_history(
     )
     .await
     .context("no connection to the history's database within 10 s")??;
-    let loaded = history::load(&mut conn, registry.clone(), timeline.clone(), range).await;
+    let loaded = history::load(&mut conn, registry.clone(), timeline.clone(), indexes).await;
     // Closed before the database is copied: a template must have no connection.
     let _ = sqlx::Connection::close(conn).await;
     loaded
@@ -885,7 +917,7 @@ async fn measure(
     registry: &Registry,
     timeline: &Timeline,
     plan: &Plan,
-    held: Range<usize>,
+    held: &[usize],
     calls: usize,
 ) -> anyhow::Result<Measured> {
     let urls = urls(world);
@@ -908,14 +940,16 @@ async fn measure(
         &street
     };
 
-    let all: Vec<usize> = held.clone().collect();
-    let sample = spread(timeline, &all, calls + WARM);
+    let sample = spread(timeline, held, calls + WARM);
     let mine: Vec<usize> = held
-        .clone()
+        .iter()
+        .copied()
         .filter(|&n| timeline.grid(registry, n) == plan.grid)
         .collect();
     let my_sample = spread(timeline, &mine, calls + WARM);
-    let halfway = timeline.case_id(held.start + held.len() / 2).to_string();
+    let halfway = timeline
+        .case_id(held.get(held.len() / 2).copied().unwrap_or_default())
+        .to_string();
     let open: Vec<i32> = OPEN_STATES.iter().map(|s| *s as i32).collect();
     let listing = |states: Vec<i32>, org_code: &str, owned_only: bool, page_token: &str| {
         pb::ListCasesRequest {
@@ -1099,17 +1133,31 @@ async fn measure(
     }
     m.add(
         "field.list_mine",
-        "village: ListCases, the worker's grid",
+        "village: ListCases, the worker's grid, 20 a page",
         time(calls, |_| {
-            list(&village, &worker, listing(Vec::new(), "", false, ""))
+            list(
+                &village,
+                &worker,
+                pb::ListCasesRequest {
+                    page_size: FIELD_PAGE,
+                    ..listing(Vec::new(), "", false, "")
+                },
+            )
         })
         .await,
     );
     m.add(
         "field.list_mine_open",
-        "village: ListCases, the worker's grid, open",
+        "village: ListCases, the worker's grid, open, 20 a page",
         time(calls, |_| {
-            list(&village, &worker, listing(open.clone(), "", false, ""))
+            list(
+                &village,
+                &worker,
+                pb::ListCasesRequest {
+                    page_size: FIELD_PAGE,
+                    ..listing(open.clone(), "", false, "")
+                },
+            )
         })
         .await,
     );

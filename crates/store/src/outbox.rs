@@ -256,20 +256,36 @@ pub async fn set_aside(conn: &mut PgConnection, event_id: Uuid, reason: &str) ->
 }
 
 /// A peer tier confirmed it holds these events; returns how many rows left the outbox.
+///
+/// One statement (the receipts of every report come here, twice): a row this confirmation
+/// leaves with no peer pending is deleted, if the relay has recorded its send, without being
+/// updated first; the others lose `tier` from their pending peers. The rows are locked first, so a
+/// concurrent receipt of the other peer or the relay's bookkeeping is seen as it committed.
 pub async fn confirm(pool: &PgPool, tier: &str, event_ids: &[Uuid]) -> Result<u64> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE outbox SET pending_tiers = array_remove(pending_tiers, $2)
-         WHERE event_id = ANY($1) AND $2 = ANY(pending_tiers)",
+    let gone: i64 = sqlx::query_scalar(
+        "WITH confirmed AS (
+            SELECT event_id, array_remove(pending_tiers, $2) AS pending,
+                   published_at IS NOT NULL AS published
+            FROM outbox
+            WHERE event_id = ANY($1) AND ($2 = ANY(pending_tiers) OR cardinality(pending_tiers) = 0)
+            FOR UPDATE
+         ), gone AS (
+            DELETE FROM outbox o USING confirmed c
+            WHERE o.event_id = c.event_id AND cardinality(c.pending) = 0 AND c.published
+            RETURNING 1
+         ), kept AS (
+            UPDATE outbox o SET pending_tiers = c.pending FROM confirmed c
+            WHERE o.event_id = c.event_id AND o.pending_tiers <> c.pending
+              AND NOT (cardinality(c.pending) = 0 AND c.published)
+         )
+         SELECT count(*) FROM gone",
     )
     .bind(event_ids)
     .bind(tier)
     .persistent(false)
-    .execute(&mut *tx)
+    .fetch_one(pool)
     .await?;
-    let gone = remove_confirmed(&mut tx, "event_id = ANY($1)", event_ids).await?;
-    tx.commit().await?;
-    Ok(gone)
+    Ok(gone.unsigned_abs())
 }
 
 /// A peer tier holds `case_id` up to `version`: every event of it up to there is confirmed by that
