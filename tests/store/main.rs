@@ -38,6 +38,13 @@ fn event(case_id: Uuid, seq: u64) -> pb::CaseEvent {
     }
 }
 
+fn event_ids(applied: &[(pb::Case, pb::CaseEvent)]) -> Vec<Uuid> {
+    applied
+        .iter()
+        .map(|(_, e)| e.event_id.parse().unwrap())
+        .collect()
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -68,10 +75,7 @@ async fn a_batch_of_events_is_stored_as_one_at_a_time_would_be() {
             event(second, 2),
         ),
     ];
-    let keys: Vec<Uuid> = applied
-        .iter()
-        .map(|(_, e)| e.event_id.parse().unwrap())
-        .collect();
+    let keys = event_ids(&applied);
     let mut tx = pool.begin().await.unwrap();
     let locked = cases::load_many(&mut tx, &[second, first]).await.unwrap();
     assert_eq!(locked.len(), 1, "only the held case is found");
@@ -235,10 +239,7 @@ async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
             event(second, 1),
         ),
     ];
-    let ids: Vec<Uuid> = applied
-        .iter()
-        .map(|(_, e)| e.event_id.parse().unwrap())
-        .collect();
+    let ids = event_ids(&applied);
     let peers = ["street", "district"];
     let outgoing: Vec<cases::Outgoing<'_>> = applied
         .iter()

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use wangge_proto as pb;
-
 use crate::Plan;
 use crate::load::{self, Field, Log, Side, Until, closed_loop, open_loop};
 use crate::meter::Meter;
@@ -218,33 +216,21 @@ async fn drain_paused(
 
 /// The street's `GetStatus`, as its admin asks it.
 struct StreetStatus {
-    admin: pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    channel: tonic::transport::Channel,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl StreetStatus {
     async fn connect(url: String, key: &wangge_auth::SigningKey) -> anyhow::Result<StreetStatus> {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to the street at {url}"))?;
         Ok(StreetStatus {
-            admin: pb::admin_service_client::AdminServiceClient::new(channel),
+            channel: load::connect(url, Duration::from_secs(2)).await?,
             token: load::persona(key, "admin")?,
         })
     }
 
     /// The cases the street holds.
     async fn cases(&self) -> anyhow::Result<usize> {
-        let status: pb::TierStatus = self
-            .admin
-            .clone()
-            .get_status(load::authorized(&self.token, pb::GetStatusRequest {}))
-            .await?
-            .into_inner();
+        let status = load::status(&self.channel, &self.token).await?;
         Ok(usize::try_from(status.cases)?)
     }
 }

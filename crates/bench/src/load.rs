@@ -132,6 +132,29 @@ pub fn authorized<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
     request
 }
 
+/// A channel to a tier at `url`, its calls timed out after `timeout`.
+pub async fn connect(url: String, timeout: Duration) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(url.clone())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// A tier's `GetStatus`, asked with `token`.
+pub async fn status(
+    channel: &Channel,
+    token: &MetadataValue<Ascii>,
+) -> Result<pb::TierStatus, tonic::Status> {
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
+    Ok(admin
+        .get_status(authorized(token, pb::GetStatusRequest::default()))
+        .await?
+        .into_inner())
+}
+
 /// Where a report is seen held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

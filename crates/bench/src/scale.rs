@@ -26,7 +26,7 @@ use wangge_proto as pb;
 
 use crate::Args;
 use crate::history::{self, Loaded, Registry, Timeline};
-use crate::load::{self, authorized};
+use crate::load::{self, authorized, status};
 use crate::phases::{self, World, phase};
 use crate::report::{Comparison, Dist, Report};
 
@@ -498,28 +498,14 @@ async fn stop_tiers(world: &mut World, report: &mut Report) {
     world.tiers.clear();
 }
 
-/// A channel to a tier.
+/// A channel to a tier, its calls timed out after [`CALL_TIMEOUT`].
 async fn connect(url: String) -> anyhow::Result<Channel> {
-    tonic::transport::Endpoint::from_shared(url.clone())?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
+    load::connect(url, CALL_TIMEOUT).await
 }
 
 /// The tiers' addresses by name.
 fn urls(world: &World) -> HashMap<&'static str, String> {
     world.tiers.iter().map(|t| (t.name, t.url())).collect()
-}
-
-async fn status(channel: &Channel, token: &Token) -> Result<pb::TierStatus, tonic::Status> {
-    let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
-    Ok(admin
-        .get_status(authorized(token, pb::GetStatusRequest::default()))
-        .await?
-        .into_inner())
 }
 
 /// Why a tier has not settled yet; none when it has.

@@ -604,6 +604,23 @@ fn list_sql(filter: &Filter) -> String {
     let and = |conditions: &[&str]| -> String {
         conditions.iter().map(|c| format!(" AND {c}")).collect()
     };
+    // A page per wanted state (of each grid, where `from` joins the grids), each read along its
+    // own index range in id order, merged into one page.
+    let by_state = |from: &str, grid: &str| {
+        format!(
+            "SELECT page.snapshot AS body
+             FROM {from}unnest($2::text[]) AS wanted(state)
+             CROSS JOIN LATERAL (
+                 SELECT id, snapshot FROM cases
+                 WHERE {grid}state = wanted.state{}
+                 ORDER BY id
+                 LIMIT $7
+             ) AS page
+             ORDER BY page.id
+             LIMIT $7",
+            and(&conditions)
+        )
+    };
     match drive {
         Drive::Id => format!(
             "SELECT snapshot AS body FROM cases
@@ -627,32 +644,10 @@ fn list_sql(filter: &Filter) -> String {
                         grid.prefix
                  FROM grid WHERE grid.code IS NOT NULL
              )
-             SELECT page.snapshot AS body
-             FROM grid
-             CROSS JOIN unnest($2::text[]) AS wanted(state)
-             CROSS JOIN LATERAL (
-                 SELECT id, snapshot FROM cases
-                 WHERE grid_code = grid.code AND state = wanted.state{}
-                 ORDER BY id
-                 LIMIT $7
-             ) AS page
-             ORDER BY page.id
-             LIMIT $7",
-            and(&conditions)
+             {}",
+            by_state("grid CROSS JOIN ", "grid_code = grid.code AND ")
         ),
-        Drive::Department | Drive::Holder | Drive::State => format!(
-            "SELECT page.snapshot AS body
-             FROM unnest($2::text[]) AS wanted(state)
-             CROSS JOIN LATERAL (
-                 SELECT id, snapshot FROM cases
-                 WHERE state = wanted.state{}
-                 ORDER BY id
-                 LIMIT $7
-             ) AS page
-             ORDER BY page.id
-             LIMIT $7",
-            and(&conditions)
-        ),
+        Drive::Department | Drive::Holder | Drive::State => by_state("", ""),
     }
 }
 

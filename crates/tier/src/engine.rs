@@ -400,7 +400,9 @@ impl Engine {
             .map_err(all)?;
         // Per report of the batch, the index of its case among those written (None: taken).
         let mut written = Vec::with_capacity(batch.len());
-        let mut sealed = Vec::with_capacity(batch.len());
+        // The events stored, and beside them (in their order) the envelopes they travel in.
+        let mut applied: Vec<(pb::Case, pb::CaseEvent)> = Vec::with_capacity(batch.len());
+        let mut envelopes: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch.len());
         for (index, (case, sequence)) in batch.iter().zip(sequences).enumerate() {
             let Some(sequence) = sequence else {
                 written.push(None);
@@ -411,24 +413,26 @@ impl Engine {
                 &mut event,
                 cases::case_number(&case.community, case.day, sequence),
             );
-            let one = self
+            let Sealed {
+                after,
+                event,
+                subject,
+                body,
+            } = self
                 .seal(None, event)
                 .map_err(|e| BatchError::Report(index, e))?;
-            written.push(Some(sealed.len()));
-            sealed.push(one);
+            written.push(Some(applied.len()));
+            applied.push((after, event));
+            envelopes.push((subject, body));
         }
         let peers = self.peer_names();
-        let outgoing: Vec<cases::Outgoing<'_>> = sealed
+        let outgoing: Vec<cases::Outgoing<'_>> = envelopes
             .iter()
-            .map(|s| cases::Outgoing {
-                subject: &s.subject,
-                body: &s.body,
+            .map(|(subject, body)| cases::Outgoing {
+                subject,
+                body,
                 peers: &peers,
             })
-            .collect();
-        let applied: Vec<(pb::Case, pb::CaseEvent)> = sealed
-            .iter()
-            .map(|s| (s.after.clone(), s.event.clone()))
             .collect();
         cases::append_many(&mut tx, &applied, &outgoing)
             .await

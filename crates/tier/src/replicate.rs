@@ -234,28 +234,28 @@ impl Replicator {
 
     async fn in_one_transaction(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
         // Each envelope decoded once: its case is locked with the batch's, then it is applied.
-        let events: Vec<Result<pb::CaseEvent, String>> =
-            messages.iter().map(|m| case_event_in(m.payload)).collect();
-        // Our own events coming back (a tier consumes its whole scope) need no lock and no
-        // transaction: a village consuming the reports it just took does not touch its database.
-        let own = |event: &Result<pb::CaseEvent, String>| {
-            event.as_ref().is_ok_and(|event| self.is_own_recent(event))
-        };
-        if events.iter().all(own) {
+        // Our own events coming back (a tier consumes its whole scope) are left out: they need no
+        // lock and no transaction, and a village consuming the reports it just took does not
+        // touch its database.
+        let theirs: Vec<(&Message<'_>, Result<pb::CaseEvent, String>)> = messages
+            .iter()
+            .map(|m| (m, case_event_in(m.payload)))
+            .filter(|(_, event)| !event.as_ref().is_ok_and(|e| self.is_own_recent(e)))
+            .collect();
+        if theirs.is_empty() {
             return Ok(Effects::default());
         }
         let mut tx = self.engine.pool().begin().await?;
         let mut effects = Effects::default();
-        let mut ids: Vec<Uuid> = events
+        let mut ids: Vec<Uuid> = theirs
             .iter()
-            .filter(|event| !own(event))
-            .filter_map(|event| event.as_ref().ok())
+            .filter_map(|(_, event)| event.as_ref().ok())
             .filter_map(|event| Uuid::parse_str(&event.case_id).ok())
             .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut batch = Batch::locking(&mut tx, ids).await?;
-        for (message, event) in messages.iter().zip(events) {
+        for (message, event) in theirs {
             guard(self.apply_message(&mut tx, message, event, &mut batch, &mut effects)).await?;
         }
         batch.write(&mut tx).await?;
@@ -363,10 +363,6 @@ impl Replicator {
             )
             .await;
         };
-        // Our own event coming back: committed here before it was sent, nothing to do.
-        if self.is_own_recent(&event) {
-            return Ok(());
-        }
         let incoming = Incoming {
             subject: Some(subject),
             raw: Cow::Borrowed(payload),
