@@ -307,16 +307,46 @@ pub fn evaluate<'c>(
     rules: &LimitRules,
     calendar_of: impl Fn(&str) -> &'c WorkCalendar,
 ) -> Evaluation {
-    let mut tally = Tally::default();
+    let mut evaluator = Evaluator::new(from, to);
     for history in histories {
+        evaluator.add(history, rules, &calendar_of);
+    }
+    evaluator.finish()
+}
+
+/// An evaluation counted one case at a time, so that a long period never needs every history in
+/// memory at once: the counts of each case are added as its history is read.
+pub struct Evaluator {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tally: Tally,
+}
+
+impl Evaluator {
+    /// An evaluation of the period `[from, to)` with nothing counted yet.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Evaluator {
+        Evaluator {
+            from,
+            to,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Counts one case's history (as [`evaluate`] does each of its histories).
+    pub fn add<'c>(
+        &mut self,
+        history: &[pb::CaseEvent],
+        rules: &LimitRules,
+        calendar_of: impl Fn(&str) -> &'c WorkCalendar,
+    ) {
         let Some((first, report)) = history.first().and_then(|first| match &first.kind {
             Some(Kind::Reported(report)) => Some((first, report)),
             _ => None,
         }) else {
-            continue;
+            return;
         };
         let Ok(grid) = report.grid_code.parse::<GridCode>() else {
-            continue;
+            return;
         };
         let timing = Timing {
             calendar: calendar_of(grid.community().as_str()),
@@ -324,11 +354,15 @@ pub fn evaluate<'c>(
             category: &report.category_code,
             urgency: report.urgency(),
         };
-        if let Some(case) = walk(history, first, grid, &timing, from, to) {
-            tally.add(&case);
+        if let Some(case) = walk(history, first, grid, &timing, self.from, self.to) {
+            self.tally.add(&case);
         }
     }
-    tally.finish()
+
+    /// The figures of everything counted.
+    pub fn finish(self) -> Evaluation {
+        self.tally.finish()
+    }
 }
 
 fn utc(event: &pb::CaseEvent) -> Option<DateTime<Utc>> {

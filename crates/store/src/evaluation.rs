@@ -1,5 +1,5 @@
 //! What an evaluation (综合评价, `wangge_domain::evaluation`) reads: the histories of the cases of
-//! a period, in one bounded query, and the names of the workers, orgs, grids and departments its
+//! a period, a page of cases at a time, and the names of the workers, orgs, grids and departments its
 //! rows name.
 
 use std::collections::HashMap;
@@ -13,17 +13,14 @@ use wangge_proto as pb;
 
 use crate::{Error, Result};
 
-/// The most events one evaluation loads: a period and area beyond it is refused rather than
-/// allowed to fill the tier's memory (about 200 MB of decoded events).
-pub const MAX_EVENTS: usize = 200_000;
+/// How many cases' histories one read brings: an evaluation reads its period a page of cases at
+/// a time and counts each page before the next, so a district's year never sits in memory at once
+/// (a page is some 20 000 events, a few MB decoded).
+pub const CASES_PER_READ: usize = 2_000;
 
-/// The histories of a period, or the news that they are too large.
-#[derive(Debug)]
-pub enum Histories {
-    /// Each case's events, oldest first, the cases in id order.
-    Loaded(Vec<Vec<pb::CaseEvent>>),
-    /// More than `limit` events: nothing was kept.
-    TooMany { limit: usize },
+#[derive(FromRow)]
+struct CaseRow {
+    id: Uuid,
 }
 
 #[derive(FromRow)]
@@ -41,56 +38,61 @@ fn open_states() -> Vec<&'static str> {
         .collect()
 }
 
-/// The histories, up to `to`, of the cases under `prefixes` (grid-code prefixes) that were
-/// reported before `to` and either had an event since `from` or are not finished (so were open at
-/// `from`). One query, reading at most `max_events` + 1 rows; the histories in case order, each
-/// oldest first.
-pub async fn histories(
+/// The cases a period `[from, to)` reads, under `prefixes` (grid-code prefixes): those reported
+/// before `to` that either had an event since `from` or are not finished (so were open at
+/// `from`), in id order. Read their histories with [`histories`], a page at a time.
+pub async fn period_cases(
     pool: &PgPool,
     prefixes: &[String],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    max_events: usize,
-) -> Result<Histories> {
+) -> Result<Vec<Uuid>> {
     // Codes are digits: no LIKE wildcard can hide in a prefix.
     let patterns: Vec<String> = prefixes.iter().map(|p| format!("{p}%")).collect();
-    let limit = i64::try_from(max_events)
-        .unwrap_or(i64::MAX)
-        .saturating_add(1);
-    let rows: Vec<EventRow> = sqlx::query_as(
+    let rows: Vec<CaseRow> = sqlx::query_as(
         // The cases changed since `from` (by the updated_at index) and the open ones (by the
-        // state index): never the whole closed history. Each case's events are read by its own
-        // range of (case_id, seq), the LIMIT keeping the lateral a loop over the cases: a hash
-        // join over every event is what an estimate gone wrong at a million cases chose (2.7 s).
-        "WITH touched AS (
-             SELECT id FROM cases
-             WHERE updated_at >= $2 AND reported_at < $3 AND grid_code LIKE ANY($1)
-             UNION
-             SELECT id FROM cases
-             WHERE state = ANY($4) AND reported_at < $3 AND grid_code LIKE ANY($1)
-         )
-         SELECT t.id AS case_id, e.seq, e.body
-         FROM touched t
-         CROSS JOIN LATERAL (
-             SELECT seq, body FROM case_events
-             WHERE case_id = t.id AND at < $3
-             LIMIT $5
-         ) AS e
-         LIMIT $5",
+        // state index): never the whole closed history.
+        "SELECT id FROM cases
+         WHERE updated_at >= $2 AND reported_at < $3 AND grid_code LIKE ANY($1)
+         UNION
+         SELECT id FROM cases
+         WHERE state = ANY($4) AND reported_at < $3 AND grid_code LIKE ANY($1)",
     )
     .bind(&patterns)
     .bind(from)
     .bind(to)
     .bind(open_states())
-    .bind(limit)
     // Planned with its values each time (a rare call): a generic plan cannot know that the
     // period is a day of three years.
     .persistent(false)
     .fetch_all(pool)
     .await?;
-    if rows.len() > max_events {
-        return Ok(Histories::TooMany { limit: max_events });
-    }
+    let mut ids: Vec<Uuid> = rows.into_iter().map(|row| row.id).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The histories, up to `to`, of the cases `ids` (a page of [`period_cases`]), each oldest first,
+/// in id order.
+pub async fn histories(
+    pool: &PgPool,
+    ids: &[Uuid],
+    to: DateTime<Utc>,
+) -> Result<Vec<Vec<pb::CaseEvent>>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        // Each case's events by its own range of (case_id, seq): a hash join over every event is
+        // what an estimate gone wrong at a million cases chose (2.7 s).
+        "SELECT t.id AS case_id, e.seq, e.body
+         FROM unnest($1::uuid[]) AS t(id)
+         CROSS JOIN LATERAL (
+             SELECT seq, body FROM case_events
+             WHERE case_id = t.id AND at < $2
+         ) AS e",
+    )
+    .bind(ids)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
     // Sorted here, not in the query: at a million cases PostgreSQL's sort of the bodies spilled to
     // disk and took a third of the query's time.
     let mut rows = rows;
@@ -111,7 +113,7 @@ pub async fn histories(
             history.push(event);
         }
     }
-    Ok(Histories::Loaded(histories))
+    Ok(histories)
 }
 
 /// What a name belongs to.

@@ -1,6 +1,6 @@
 //! `wangge.v1.EvaluationService` (综合评价): the assessment figures of a period for an org of the
-//! scope, served by the street and the district. The histories come from this tier's replica in
-//! one bounded query (`wangge_store::evaluation`); the counting is `wangge_domain::evaluation`, on
+//! scope, served by the street and the district. The histories come from this tier's replica a
+//! page of cases at a time (`wangge_store::evaluation`), each page counted before the next is read; the counting is `wangge_domain::evaluation`, on
 //! the time limits and work calendars the tier's clocks run on ([`crate::clocks::Rules`]).
 
 use std::collections::{BTreeSet, HashMap};
@@ -9,16 +9,17 @@ use chrono::{DateTime, Duration, Utc};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 use wangge_domain::Scope;
-use wangge_domain::evaluation::{self, AreaLevel, Evaluation};
+use wangge_domain::evaluation::{AreaLevel, Evaluation, Evaluator};
 use wangge_proto as pb;
-use wangge_store::evaluation::{Histories, MAX_EVENTS, Named, histories, names};
+use wangge_store::evaluation::{CASES_PER_READ, Named, histories, names, period_cases};
 
 use crate::policy::{Right, authorize, caller};
 use crate::validate;
 use crate::{Error, Shared};
 
-/// The longest period one call evaluates.
-pub const MAX_PERIOD_DAYS: i64 = 366;
+/// The longest period one call evaluates: ten years. The histories are read a page of cases at a
+/// time, so a long period costs time, never the tier's memory.
+pub const MAX_PERIOD_DAYS: i64 = 3_653;
 
 /// Mounts the evaluation service. Returns its name, for reflection.
 pub fn mount(shared: &Shared, routes: &mut tonic::service::RoutesBuilder) -> Vec<&'static str> {
@@ -124,31 +125,27 @@ impl pb::evaluation_service_server::EvaluationService for Evaluations {
             grant.narrow(&ask.prefix)?
         };
         let pool = engine.pool();
-        let histories = match histories(pool, &prefixes, ask.from, ask.to, MAX_EVENTS)
-            .await
-            .map_err(Error::from)?
-        {
-            Histories::Loaded(histories) => histories,
-            Histories::TooMany { limit } => {
-                return Err(Error::ResourceExhausted(format!(
-                    "the cases of {} from {} to {} hold more than {limit} events: \
-                     evaluate a shorter period or a smaller org",
-                    prefixes.join(", "),
-                    ask.from,
-                    ask.to
-                ))
-                .into());
-            }
-        };
         let rules = engine.rules();
-        let (from, to) = (ask.from, ask.to);
-        let figures = tokio::task::spawn_blocking(move || {
-            evaluation::evaluate(&histories, from, to, &rules.limits, |community| {
-                rules.calendar(community)
+        let cases = period_cases(pool, &prefixes, ask.from, ask.to)
+            .await
+            .map_err(Error::from)?;
+        let mut evaluator = Evaluator::new(ask.from, ask.to);
+        for page in cases.chunks(CASES_PER_READ) {
+            let read = histories(pool, page, ask.to).await.map_err(Error::from)?;
+            let rules = rules.clone();
+            // Counting walks every event on the work calendar: off the async workers.
+            evaluator = tokio::task::spawn_blocking(move || {
+                for history in &read {
+                    evaluator.add(history, &rules.limits, |community| {
+                        rules.calendar(community)
+                    });
+                }
+                evaluator
             })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("the evaluation failed: {e}")))?;
+            .await
+            .map_err(|e| Error::Internal(format!("the evaluation failed: {e}")))?;
+        }
+        let figures = evaluator.finish();
         let named = named(pool, &figures).await?;
         Ok(Response::new(response(&figures, &named, &ask, prefixes)))
     }
