@@ -505,3 +505,39 @@ async fn a_village_instance_serves_only_its_community() {
     assert!(grids.iter().all(|g| g.community_code == "350205002006"));
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_tier_whose_database_hangs_still_reports_its_status_in_time_and_names_the_wait() {
+    let cluster = Cluster::start().await;
+    let pool = cluster.village.db.pool().await;
+    // Another session holds the tables the status counts: every status query waits on the lock,
+    // as on a database that hangs.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox, cases IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut admin =
+        pb::admin_service_client::AdminServiceClient::new(cluster.village.channel().await);
+    let started = std::time::Instant::now();
+    // `wangge status` gives a tier 3 s: the status must come within that, whatever hangs.
+    let status = tokio::time::timeout(
+        Duration::from_secs(3),
+        admin.get_status(as_actor("observer", pb::GetStatusRequest {})),
+    )
+    .await
+    .expect("the status answers within wangge status's deadline")
+    .unwrap()
+    .into_inner();
+    let took = started.elapsed();
+    lock.rollback().await.unwrap();
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.starts_with("database (outbox): no answer within")),
+        "{took:?}: {:?}",
+        status.problems
+    );
+    cluster.stop().await;
+}

@@ -36,7 +36,8 @@ pub struct Operations {
     pub supervision: Arc<Mutex<crate::supervise::ScanReport>>,
 }
 
-/// How long each source of the status may take.
+/// How long the sources of the status may take; they are asked at once, so the status answers
+/// within this (`wangge status` waits 3 s) even when the database or JetStream hangs.
 const DEADLINE: Duration = Duration::from_secs(2);
 /// Beyond these, a backlog is a problem.
 const UNPUBLISHED_FOR: f64 = 60.0;
@@ -51,22 +52,18 @@ const CALENDAR_NOTICE_DAYS: i64 = 45;
 #[derive(Debug, Clone)]
 pub struct Admin(pub Shared);
 
-/// Runs a status query with the deadline; a failure becomes a problem and a default value.
+/// Runs a status query with the deadline; a failure gives a default value and the problem.
 async fn within<T: Default>(
     what: &str,
-    problems: &mut Vec<String>,
     query: impl Future<Output = Result<T, wangge_store::Error>>,
-) -> T {
+) -> (T, Option<String>) {
     match tokio::time::timeout(DEADLINE, query).await {
-        Ok(Ok(value)) => value,
-        Ok(Err(error)) => {
-            problems.push(format!("database ({what}): {error}"));
-            T::default()
-        }
-        Err(_) => {
-            problems.push(format!("database ({what}): no answer within {DEADLINE:?}"));
-            T::default()
-        }
+        Ok(Ok(value)) => (value, None),
+        Ok(Err(error)) => (T::default(), Some(format!("database ({what}): {error}"))),
+        Err(_) => (
+            T::default(),
+            Some(format!("database ({what}): no answer within {DEADLINE:?}")),
+        ),
     }
 }
 
@@ -128,32 +125,37 @@ impl Admin {
         let engine = &self.0.engine;
         let ops = &self.0.ops;
         let pool = engine.pool();
-        let mut problems = Vec::new();
-
-        let depth = within("outbox", &mut problems, outbox::depth(pool)).await;
-        let awaiting = within("outbox", &mut problems, outbox::awaiting_confirmation(pool)).await;
-        let dead = within(
-            "dead letters",
-            &mut problems,
-            replication::dead_letter_counts(pool),
-        )
-        .await;
-        let parked = within(
-            "parked events",
-            &mut problems,
-            replication::parked_totals(pool),
-        )
-        .await;
-        let sample = within(
-            "parked events",
-            &mut problems,
-            replication::parked_cases(pool, 20),
-        )
-        .await;
-        let case_count = within("cases", &mut problems, cases::count(pool)).await;
+        let (
+            (depth, depth_problem),
+            (awaiting, awaiting_problem),
+            (dead, dead_problem),
+            (parked, parked_problem),
+            (sample, sample_problem),
+            (case_count, count_problem),
+            lag,
+        ) = tokio::join!(
+            within("outbox", outbox::depth(pool)),
+            within("outbox", outbox::awaiting_confirmation(pool)),
+            within("dead letters", replication::dead_letter_counts(pool)),
+            within("parked events", replication::parked_totals(pool)),
+            within("parked events", replication::parked_cases(pool, 20)),
+            within("cases", cases::count(pool)),
+            wangge_bus::consumer_lag(&ops.js, &ops.durable, DEADLINE),
+        );
+        let mut problems: Vec<String> = [
+            depth_problem,
+            awaiting_problem,
+            dead_problem,
+            parked_problem,
+            sample_problem,
+            count_problem,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         problems.dedup();
 
-        let consumer = match wangge_bus::consumer_lag(&ops.js, &ops.durable, DEADLINE).await {
+        let consumer = match lag {
             Ok(lag) => pb::ConsumerLag {
                 known: true,
                 pending: lag.pending,
