@@ -189,6 +189,23 @@ async fn evaluation_refuses_other_roles_other_scopes_bad_periods_and_the_village
         matches!(&long, Err((Code::InvalidArgument, m)) if m.starts_with("to:")),
         "{long:?}"
     );
+    // A period in 1999 (or year 1) is no period of any case: refused by its field, not evaluated.
+    let ancient = pb::EvaluateRequest {
+        from: Some(prost_types::Timestamp {
+            seconds: 915_148_800,
+            nanos: 0,
+        }),
+        to: Some(prost_types::Timestamp {
+            seconds: 915_148_800 + 7 * 86_400,
+            nanos: 0,
+        }),
+        ..week("")
+    };
+    let ancient = code(street.evaluate(as_actor(STREET_CHIEF, ancient)).await);
+    assert!(
+        matches!(&ancient, Err((Code::InvalidArgument, m)) if m.starts_with("from: before 2000")),
+        "{ancient:?}"
+    );
     let missing = pb::EvaluateRequest {
         from: None,
         ..week("")

@@ -17,5 +17,6 @@ mod lifecycle;
 mod limits;
 mod nats_accounts;
 mod secrets;
+mod supervision;
 mod tls;
 mod topology;

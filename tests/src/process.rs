@@ -237,6 +237,21 @@ impl TierProcess {
             .unwrap()
     }
 
+    /// Waits for the process to exit by itself (no signal sent); fails the test with its log's end
+    /// when it is still running after `within`.
+    pub async fn exited(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the {:?} tier on {} still runs after {within:?}{}",
+                self.tier,
+                self.addr,
+                self.log_tail()
+            ),
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
         crate::identity::observed(
             tonic::transport::Channel::from_shared(format!("http://{}", self.addr))

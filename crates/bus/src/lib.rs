@@ -11,6 +11,8 @@
 
 mod consumer;
 mod persisting;
+#[cfg(test)]
+mod proptests;
 pub mod receipts;
 mod relay;
 pub mod sync;

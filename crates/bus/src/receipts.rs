@@ -117,8 +117,9 @@ where
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
-            if let Some((tier, ids)) = decode(&message) {
-                by_tier.entry(tier as i32).or_default().extend(ids);
+            match decode(message.payload.as_ref()) {
+                Ok((tier, ids)) => by_tier.entry(tier as i32).or_default().extend(ids),
+                Err(error) => warn!(subject = %message.subject, %error, "not a receipt, ignored"),
             }
             taken += 1;
             if taken < MAX_BATCH {
@@ -153,29 +154,35 @@ where
 /// Most receipt messages confirmed together.
 const MAX_BATCH: usize = 512;
 
-/// The confirming tier and the event ids of a receipt message, if it is one.
-fn decode(message: &async_nats::Message) -> Option<(Tier, Vec<Uuid>)> {
-    let receipt = match pb::Envelope::decode(message.payload.as_ref()) {
-        Ok(pb::Envelope {
+/// Why a message on a receipt subject was ignored.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAReceipt {
+    #[error("does not decode: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+    #[error("an envelope without a receipt")]
+    OtherBody,
+    #[error("from an unknown tier {0}")]
+    UnknownTier(i32),
+}
+
+/// The confirming tier and the event ids of a receipt message. Ids that are not UUIDs name no
+/// event of ours and are left out.
+pub fn decode(payload: &[u8]) -> Result<(Tier, Vec<Uuid>), NotAReceipt> {
+    let receipt = match pb::Envelope::decode(payload)? {
+        pb::Envelope {
             body: Some(pb::envelope::Body::Receipt(receipt)),
             ..
-        }) => receipt,
-        Ok(_) | Err(_) => {
-            warn!(subject = %message.subject, "not a receipt, ignored");
-            return None;
-        }
+        } => receipt,
+        _ => return Err(NotAReceipt::OtherBody),
     };
     let tier = match Tier::try_from(receipt.tier) {
         Ok(tier) if tier != Tier::Unspecified => tier,
-        _ => {
-            warn!(subject = %message.subject, tier = receipt.tier, "receipt from an unknown tier, ignored");
-            return None;
-        }
+        _ => return Err(NotAReceipt::UnknownTier(receipt.tier)),
     };
     let ids = receipt
         .event_ids
         .iter()
         .filter_map(|id| Uuid::parse_str(id).ok())
         .collect();
-    Some((tier, ids))
+    Ok((tier, ids))
 }

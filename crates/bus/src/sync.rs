@@ -115,13 +115,7 @@ impl SyncClient {
                 RequestErrorKind::TimedOut => SyncError::TimedOut(name),
                 _ => SyncError::Nats(error.to_string()),
             })?;
-        if let Some(message) = reply.headers.as_ref().and_then(|h| h.get(ERROR_HEADER)) {
-            return Err(SyncError::Refused {
-                tier: name,
-                message: message.to_string(),
-            });
-        }
-        Reply::decode(reply.payload.as_ref()).map_err(|_| SyncError::Undecodable(name))
+        answer_of(name, reply.headers.as_ref(), reply.payload.as_ref())
     }
 
     pub async fn digest(
@@ -150,6 +144,60 @@ impl SyncClient {
     ) -> Result<pb::EventsReply, SyncError> {
         self.ask(peer, community, Op::Events, request).await
     }
+}
+
+/// A peer's answer: its refusal when it sent one, else the reply it encodes.
+pub(crate) fn answer_of<Reply: prost::Message + Default>(
+    name: &'static str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Reply, SyncError> {
+    if let Some(message) = headers.and_then(|h| h.get(ERROR_HEADER)) {
+        return Err(SyncError::Refused {
+            tier: name,
+            message: message.to_string(),
+        });
+    }
+    Reply::decode(payload).map_err(|_| SyncError::Undecodable(name))
+}
+
+/// A request as the answering tier reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    Digest(pb::DigestRequest),
+    Marks(pb::MarksRequest),
+    Events(pb::EventsRequest),
+}
+
+/// Why a request gets no answer but a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("unexpected subject {0}")]
+    Subject(String),
+    #[error("subject names no community: {0}")]
+    Community(String),
+    #[error("unknown request {0:?}")]
+    Op(String),
+    #[error("request does not decode: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+}
+
+/// The community and the request a message on `wg.sync.<tier>.<district>.<street>.<community>.<op>`
+/// carries.
+pub fn request_of(subject: &str, payload: &[u8]) -> Result<(OrgCode, Ask), BadRequest> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let [_, _, _, district, street, community, op] = tokens.as_slice() else {
+        return Err(BadRequest::Subject(subject.to_owned()));
+    };
+    let community = format!("{district}{street}{community}")
+        .parse::<OrgCode>()
+        .map_err(|e| BadRequest::Community(e.to_string()))?;
+    let ask = match Op::parse(op).ok_or_else(|| BadRequest::Op((*op).to_owned()))? {
+        Op::Digest => Ask::Digest(pb::DigestRequest::decode(payload)?),
+        Op::Marks => Ask::Marks(pb::MarksRequest::decode(payload)?),
+        Op::Events => Ask::Events(pb::EventsRequest::decode(payload)?),
+    };
+    Ok((community, ask))
 }
 
 /// What a tier answers from its own database. An `Err` is sent back as a refusal.
@@ -223,32 +271,12 @@ async fn decide<R: Responder>(
     responder: &R,
     request: &async_nats::Message,
 ) -> Result<Vec<u8>, String> {
-    let tokens: Vec<&str> = request.subject.split('.').collect();
-    // wg.sync.<tier>.<district>.<street>.<community>.<op>
-    let (community, op) = match tokens.as_slice() {
-        [_, _, _, district, street, community, op] => (
-            format!("{district}{street}{community}")
-                .parse::<OrgCode>()
-                .map_err(|e| format!("subject names no community: {e}"))?,
-            Op::parse(op).ok_or_else(|| format!("unknown request {op:?}"))?,
-        ),
-        _ => return Err(format!("unexpected subject {}", request.subject)),
-    };
-    let payload = request.payload.as_ref();
-    let bad = |e: prost::DecodeError| format!("request does not decode: {e}");
-    Ok(match op {
-        Op::Digest => responder
-            .digest(community, pb::DigestRequest::decode(payload).map_err(bad)?)
-            .await?
-            .encode_to_vec(),
-        Op::Marks => responder
-            .marks(community, pb::MarksRequest::decode(payload).map_err(bad)?)
-            .await?
-            .encode_to_vec(),
-        Op::Events => responder
-            .events(community, pb::EventsRequest::decode(payload).map_err(bad)?)
-            .await?
-            .encode_to_vec(),
+    let (community, ask) =
+        request_of(&request.subject, request.payload.as_ref()).map_err(|e| e.to_string())?;
+    Ok(match ask {
+        Ask::Digest(ask) => responder.digest(community, ask).await?.encode_to_vec(),
+        Ask::Marks(ask) => responder.marks(community, ask).await?.encode_to_vec(),
+        Ask::Events(ask) => responder.events(community, ask).await?.encode_to_vec(),
     })
 }
 

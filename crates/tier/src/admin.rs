@@ -314,6 +314,21 @@ impl Admin {
     }
 }
 
+/// Most an admin may move a virtual clock in one call.
+pub const MAX_CLOCK_STEP_SECONDS: i64 = 400 * 24 * 3600;
+
+/// `AdminService/AdvanceClock`, parsed: how far the virtual clock moves, 1 s to 400 days.
+pub(crate) fn clock_step(request: &pb::AdvanceClockRequest) -> Result<chrono::Duration, Error> {
+    let seconds = request.seconds;
+    if !(1..=MAX_CLOCK_STEP_SECONDS).contains(&seconds) {
+        return Err(Error::invalid(
+            "seconds",
+            format!("{seconds} is not between 1 and {MAX_CLOCK_STEP_SECONDS} (400 days)"),
+        ));
+    }
+    Ok(chrono::Duration::seconds(seconds))
+}
+
 impl Admin {
     /// An admin whose scope covers this whole tier.
     fn operator<T>(&self, request: &Request<T>) -> Result<Grant, Error> {
@@ -373,17 +388,10 @@ impl pb::admin_service_server::AdminService for Admin {
         request: Request<pb::AdvanceClockRequest>,
     ) -> Result<Response<pb::AdvanceClockResponse>, Status> {
         let who = self.operator(&request)?.actor();
-        let seconds = request.get_ref().seconds;
-        const MAX_SECONDS: i64 = 400 * 24 * 3600;
-        if !(1..=MAX_SECONDS).contains(&seconds) {
-            return Err(Error::invalid(
-                "seconds",
-                format!("{seconds} is not between 1 and {MAX_SECONDS} (400 days)"),
-            )
-            .into());
-        }
+        let step = clock_step(request.get_ref())?;
+        let seconds = step.num_seconds();
         let engine = &self.0.engine;
-        if !engine.advance_time(chrono::Duration::seconds(seconds)) {
+        if !engine.advance_time(step) {
             return Err(Status::failed_precondition(
                 "this tier runs on the machine's clock; only a tier started with \
                  clock.virtual_time (demos, tests) moves it",

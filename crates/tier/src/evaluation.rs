@@ -56,29 +56,32 @@ pub struct Evaluate {
     pub to: DateTime<Utc>,
 }
 
+/// How far after now a period may be said to end (it is evaluated up to now): a year ahead covers
+/// "this year" asked in January; later is a typing error.
+pub const MAX_AHEAD_SECONDS: i64 = MAX_PERIOD_DAYS * 86_400;
+
+/// A bound of the period: given, from 2000 on (as every recorded time) and at most
+/// [`MAX_AHEAD_SECONDS`] after `now`.
 fn time(
     field: &'static str,
     value: Option<prost_types::Timestamp>,
+    now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, Error> {
     let value = value.ok_or_else(|| Error::invalid(field, "required"))?;
-    let nanos = u32::try_from(value.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)
-        .ok_or_else(|| Error::invalid(field, format!("nanos {} outside 0..1e9", value.nanos)))?;
-    DateTime::from_timestamp(value.seconds, nanos)
-        .ok_or_else(|| Error::invalid(field, "not a representable time"))
+    validate::time_within(field, &value, now, MAX_AHEAD_SECONDS)
 }
 
 impl Evaluate {
-    /// The request, checked: both times given, `from` before `to`, at most
-    /// [`MAX_PERIOD_DAYS`] apart, the org inside `scope`. A `to` after `now` counts as `now`.
+    /// The request, checked: both times given, from 2000 on and at most [`MAX_AHEAD_SECONDS`]
+    /// after `now`, `from` before `to` and before `now`, at most [`MAX_PERIOD_DAYS`] apart, the
+    /// org inside `scope`. A `to` after `now` counts as `now`.
     pub fn parse(
         request: pb::EvaluateRequest,
         scope: &Scope,
         now: DateTime<Utc>,
     ) -> Result<Evaluate, Error> {
-        let from = time("from", request.from)?;
-        let to = time("to", request.to)?;
+        let from = time("from", request.from, now)?;
+        let to = time("to", request.to, now)?;
         if to <= from {
             return Err(Error::invalid("to", "must be later than from"));
         }
@@ -369,5 +372,47 @@ mod tests {
             ..request("", week.0, week.1)
         };
         assert_eq!(field_of(Evaluate::parse(nanos, &scope, now)), "to");
+    }
+
+    #[test]
+    fn both_bounds_lie_between_2000_and_a_year_from_now() {
+        let scope: Scope = "350205002000".parse().unwrap();
+        let now = "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let at = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let parse = |from, to| {
+            Evaluate::parse(
+                pb::EvaluateRequest {
+                    org_code: String::new(),
+                    from,
+                    to,
+                },
+                &scope,
+                now,
+            )
+        };
+        let day = 86_400;
+        // A short period in year 1 or in 1999 was accepted before: no case is that old.
+        let year_one = -62_135_596_800; // 0001-01-01
+        assert_eq!(field_of(parse(at(year_one), at(year_one + day))), "from");
+        let earliest = validate::EARLIEST_SECONDS;
+        assert_eq!(
+            field_of(parse(at(earliest - day), at(earliest + day))),
+            "from"
+        );
+        assert_eq!(field_of(parse(at(earliest), at(earliest - 1))), "to");
+        assert!(parse(at(earliest), at(earliest + day)).is_ok());
+        // A `to` a year ahead is a period ending in the future (evaluated up to now); beyond, and
+        // the far end of what a timestamp holds, is refused by name before the span is looked at.
+        let ahead = now.timestamp() + MAX_AHEAD_SECONDS;
+        let recent = now.timestamp() - day / 2;
+        assert_eq!(parse(at(recent), at(ahead - day)).unwrap().to, now);
+        for far in [ahead + 1, 8_000_000_000_000, i64::MAX] {
+            let refused = parse(at(recent), at(far)).unwrap_err();
+            assert!(
+                refused.to_string().starts_with("to: lies in the future"),
+                "{refused}"
+            );
+        }
+        assert_eq!(field_of(parse(at(i64::MAX - 1), at(i64::MAX))), "from");
     }
 }

@@ -7,9 +7,16 @@ use proptest::prelude::*;
 use wangge_domain::Scope;
 use wangge_proto as pb;
 
+use crate::admin::{MAX_CLOCK_STEP_SECONDS, clock_step};
 use crate::error::Error;
+use crate::evaluation::{Evaluate, MAX_AHEAD_SECONDS, MAX_PERIOD_DAYS};
+use crate::reconcile::{
+    CASES_PER_ASK, differing_days, events_of, marks_asked, parse_marks, window,
+};
+use crate::replicate::{Failure, fetched_event};
 use crate::request::{
-    CaseAction, CaseListing, CheckResult, DepartmentAction, Dispatch, MAX_PAGE, NewReport, NoteKind,
+    CaseAction, CaseListing, CheckResult, Decision, DelayAsk, DepartmentAction, Dispatch, MAX_PAGE,
+    Merge, NewReport, NoteKind, Supervision, VerificationAnswer,
 };
 use crate::validate::{self, *};
 
@@ -113,6 +120,19 @@ fn timestamp() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
     prop::option::of(
         (seconds, nanos).prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
     )
+}
+
+/// A bound of an evaluated period: near now, up to a year or more ahead, near 2000, or anything.
+fn period_bound() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+    let now = Utc::now().timestamp();
+    let year = MAX_PERIOD_DAYS * 86_400;
+    prop_oneof![
+        3 => timestamp(),
+        1 => prop::option::of(
+            ((now + year - 10)..(now + year + 10), 0..1_000_000_000i32)
+                .prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        ),
+    ]
 }
 
 fn attachment() -> impl Strategy<Value = pb::Attachment> {
@@ -298,12 +318,27 @@ fn assert_attachments(attachments: &[pb::Attachment]) {
     }
 }
 
-/// A refusal is an INVALID_ARGUMENT naming a field, never anything else.
+/// A refusal is an INVALID_ARGUMENT naming a field, never anything else; its message (what the
+/// client reads) starts with that field.
 fn assert_refusal<T>(result: &Result<T, Error>) {
     if let Err(error) = result {
         assert!(
-            matches!(error, Error::InvalidArgument { field, .. } if !field.is_empty()),
+            matches!(error, Error::InvalidArgument { field, .. }
+                if !field.is_empty() && error.to_string().starts_with(&format!("{field}: "))),
             "{error:?}"
+        );
+    }
+}
+
+/// Like [`assert_refusal`], and the field named is one of the request's `fields` (an element of a
+/// list field, `attachments[3].sha256`, counts as the list).
+fn assert_refused_by<T>(result: &Result<T, Error>, fields: &[&str]) {
+    assert_refusal(result);
+    if let Err(Error::InvalidArgument { field, .. }) = result {
+        let list = field.split('[').next().unwrap_or_default();
+        assert!(
+            fields.contains(&field.as_ref()) || (field.contains('[') && fields.contains(&list)),
+            "{field:?} is not a field of the request ({fields:?})"
         );
     }
 }
@@ -472,5 +507,243 @@ proptest! {
         // At most 40 characters, each escaped to at most 10, the quotes and an ellipsis.
         let quoted = quote(&value);
         prop_assert!(quoted.chars().count() <= 40 * 10 + 3);
+    }
+
+    #[test]
+    fn any_decision_merge_supervision_or_verification_parses_or_is_refused_by_field(
+        case_id in case_id(),
+        into_case_id in prop_oneof![3 => case_id(), 1 => Just(String::new())],
+        note in text(),
+        attachments in attachments(),
+        flag in any::<bool>(),
+        level in prop_oneof![3 => 0..6i32, 1 => any::<i32>()],
+        same in prop::bool::weighted(0.1),
+    ) {
+        let decision = Decision::try_from(pb::DecisionRequest {
+            case_id: case_id.clone(),
+            approve: flag,
+            note: note.clone(),
+        });
+        assert_refused_by(&decision, &["case_id", "note"]);
+        if let Ok(decision) = decision {
+            prop_assert_eq!(decision.approve, flag);
+            assert_clean(decision.action.note.as_str(), MAX_NOTE_CHARS, true);
+            // A denial always carries its reason.
+            prop_assert!(flag || !decision.action.note.as_str().is_empty());
+            prop_assert!(decision.action.attachments.as_slice().is_empty());
+        }
+
+        // Sometimes a case merged into itself, written differently.
+        let into_case_id = if same { format!(" {} ", case_id.to_uppercase()) } else { into_case_id };
+        let merge = Merge::try_from(pb::MergeCaseRequest {
+            case_id: case_id.clone(),
+            into_case_id: into_case_id.clone(),
+            note: note.clone(),
+        });
+        assert_refused_by(&merge, &["case_id", "into_case_id", "note"]);
+        if let Ok(merge) = merge {
+            prop_assert_ne!(merge.into, merge.action.case_id);
+            prop_assert_eq!(merge.into, uuid::Uuid::parse_str(into_case_id.trim()).expect("parsed once"));
+            assert_clean(merge.action.note.as_str(), MAX_NOTE_CHARS, true);
+        }
+
+        let supervision = Supervision::try_from(pb::SuperviseCaseRequest {
+            case_id: case_id.clone(),
+            level,
+            note: note.clone(),
+        });
+        assert_refused_by(&supervision, &["case_id", "level", "note"]);
+        if let Ok(supervision) = supervision {
+            prop_assert!(matches!(
+                supervision.level,
+                pb::SupervisionLevel::Normal | pb::SupervisionLevel::Yellow | pb::SupervisionLevel::Red
+            ));
+            prop_assert_eq!(supervision.level as i32, level);
+            assert_required(supervision.action.note.as_str(), MAX_NOTE_CHARS, true);
+        }
+
+        let answer = VerificationAnswer::try_from(pb::ConfirmVerificationRequest {
+            case_id,
+            genuine: flag,
+            note,
+            attachments,
+        });
+        assert_refused_by(&answer, &["case_id", "note", "attachments"]);
+        if let Ok(answer) = answer {
+            prop_assert_eq!(answer.genuine, flag);
+            assert_clean(answer.action.note.as_str(), MAX_NOTE_CHARS, true);
+            assert_attachments(answer.action.attachments.as_slice());
+        }
+    }
+
+    #[test]
+    fn any_delay_request_parses_into_a_bounded_extension_or_is_refused_by_field(
+        case_id in case_id(),
+        department_code in mostly("[a-z]{2,8}-[0-9]{2}", id()),
+        reason in mostly("[a-z路灯 ]{1,30}[a-z]", text()),
+        extension in prop::option::weighted(0.9, (
+            prop_oneof![3 => 0..12_000u32, 1 => any::<u32>()],
+            prop_oneof![3 => 0..5i32, 1 => any::<i32>()],
+        )),
+    ) {
+        let request = pb::DelayRequest {
+            case_id,
+            department_code,
+            extension: extension.map(|(amount, unit)| pb::TimeLimit { amount, unit }),
+            reason,
+        };
+        let parsed = DelayAsk::try_from(request);
+        assert_refused_by(
+            &parsed,
+            &["case_id", "department_code", "extension", "extension.amount", "extension.unit", "reason"],
+        );
+        if let Ok(ask) = parsed {
+            prop_assert!((1..=10_000).contains(&ask.extension.amount));
+            prop_assert!(matches!(
+                pb::TimeUnit::try_from(ask.extension.unit),
+                Ok(pb::TimeUnit::Minutes | pb::TimeUnit::WorkingHours | pb::TimeUnit::WorkingDays)
+            ));
+            assert_id(&ask.action.department_code, MAX_CODE_CHARS, b".");
+            // The reason is the note of the step, and a delay needs one.
+            assert_required(ask.action.action.note.as_str(), MAX_NOTE_CHARS, true);
+        }
+    }
+
+    #[test]
+    fn any_evaluation_asks_for_a_plausible_period_in_scope_or_is_refused_by_field(
+        org_code in prop_oneof![
+            2 => "350205002[0-9]{0,6}",
+            1 => "35020[0-9]{0,10}",
+            1 => Just(String::new()),
+            1 => text(),
+        ],
+        from in period_bound(),
+        to in period_bound(),
+        plausible in prop::bool::weighted(0.5),
+        back in 0..(MAX_PERIOD_DAYS * 86_400),
+        span in 0..(MAX_PERIOD_DAYS * 86_400 + 86_400),
+    ) {
+        let now = Utc::now();
+        // Half of the periods are built near a plausible one (from up to a year back, a span up
+        // to a day over the longest), so that many parse and the bounds are met at their edges.
+        let (from, to) = if plausible {
+            let from = now.timestamp() - back;
+            let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+            (at(from), at(from + span))
+        } else {
+            (from, to)
+        };
+        let parsed = Evaluate::parse(pb::EvaluateRequest { org_code, from, to }, &scope(), now);
+        assert_refused_by(&parsed, &["org_code", "from", "to"]);
+        if let Ok(ask) = parsed {
+            prop_assert!(ask.prefix.starts_with(scope().prefix()));
+            prop_assert!(ask.from.timestamp() >= EARLIEST_SECONDS);
+            prop_assert!(ask.from < ask.to && ask.from < now && ask.to <= now);
+            prop_assert!(ask.to - ask.from <= chrono::Duration::days(MAX_PERIOD_DAYS));
+            let asked_to = to.expect("parsed").seconds;
+            prop_assert!(asked_to <= now.timestamp() + MAX_AHEAD_SECONDS);
+        }
+    }
+
+    #[test]
+    fn any_clock_step_is_between_a_second_and_400_days_or_is_refused_by_field(
+        seconds in prop_oneof![
+            2 => -10..(MAX_CLOCK_STEP_SECONDS + 10),
+            1 => (MAX_CLOCK_STEP_SECONDS - 3)..(MAX_CLOCK_STEP_SECONDS + 3),
+            1 => any::<i64>(),
+        ],
+    ) {
+        let parsed = clock_step(&pb::AdvanceClockRequest { seconds });
+        assert_refused_by(&parsed, &["seconds"]);
+        prop_assert_eq!(parsed.is_ok(), (1..=MAX_CLOCK_STEP_SECONDS).contains(&seconds));
+        if let Ok(step) = parsed {
+            prop_assert_eq!(step.num_seconds(), seconds);
+        }
+    }
+
+    #[test]
+    fn any_reconciliation_request_or_answer_is_read_whole_or_refused(
+        community_code in "[0-9]{12}",
+        since in timestamp(),
+        until in timestamp(),
+        day in prop_oneof![2 => "20[0-9]{2}-[01][0-9]-[0-3][0-9]", 1 => text()],
+        case_ids in prop_oneof![
+            4 => prop::collection::vec(case_id(), 0..20),
+            1 => prop::collection::vec(case_id(), 495..510),
+        ],
+        after in prop_oneof![2 => Just(String::new()), 2 => case_id()],
+        marks in prop::collection::vec((case_id(), any::<u64>()), 0..20),
+        days in prop::collection::vec(
+            (prop_oneof![3 => "20[0-9]{2}-[01][0-9]-[0-3][0-9]", 1 => text()], any::<u64>(),
+             prop::collection::vec(any::<u8>(), 0..4)),
+            0..10,
+        ),
+        body in prop_oneof![
+            1 => prop::collection::vec(any::<u8>(), 0..300),
+            2 => (case_id(), case_id(), any::<u64>()).prop_map(|(event_id, case_id, seq)| {
+                prost::Message::encode_to_vec(&pb::CaseEvent { event_id, case_id, seq, ..Default::default() })
+            }),
+        ],
+    ) {
+        // Requests a peer sends: the window, the marks asked, the case whose events are asked.
+        let digest = pb::DigestRequest { community_code: community_code.clone(), since, until };
+        if let Ok((from, to)) = window(&digest) {
+            prop_assert_eq!(from.timestamp(), since.expect("read").seconds);
+            prop_assert_eq!(to.timestamp(), until.expect("read").seconds);
+        }
+        let request = pb::MarksRequest {
+            community_code: community_code.clone(),
+            day: day.clone(),
+            until,
+            case_ids: case_ids.clone(),
+            after_case_id: after.clone(),
+        };
+        if let Ok((which, after_id)) = marks_asked(&community_code, &request) {
+            prop_assert_eq!(after_id.is_some(), !after.is_empty());
+            match which {
+                wangge_store::sync::Marks::Day { prefix, .. } => {
+                    prop_assert!(case_ids.is_empty());
+                    prop_assert_eq!(prefix, community_code.clone());
+                }
+                wangge_store::sync::Marks::Cases { prefix, ids } => {
+                    prop_assert!(!case_ids.is_empty());
+                    prop_assert_eq!(prefix, community_code.clone());
+                    let valid = case_ids.iter().take(CASES_PER_ASK)
+                        .filter(|id| uuid::Uuid::parse_str(id).is_ok()).count();
+                    prop_assert_eq!(ids.len(), valid);
+                }
+            }
+        }
+        let events = events_of(&pb::EventsRequest { case_id: after.clone(), after_seq: 0 });
+        prop_assert_eq!(events.is_ok(), uuid::Uuid::parse_str(&after).is_ok());
+
+        // Answers a peer sends: marks with junk ids are left out, days that are no date too.
+        let wire: Vec<pb::CaseMark> = marks
+            .iter()
+            .map(|(case_id, version)| pb::CaseMark { case_id: case_id.clone(), version: *version })
+            .collect();
+        let parsed = parse_marks(&wire);
+        prop_assert_eq!(
+            parsed.len(),
+            marks.iter().filter(|(id, _)| uuid::Uuid::parse_str(id).is_ok()).count()
+        );
+        let theirs: Vec<pb::DayDigest> = days
+            .iter()
+            .map(|(day, cases, hash)| pb::DayDigest { day: day.clone(), cases: *cases, hash: hash.clone() })
+            .collect();
+        let differing = differing_days(&[], &theirs);
+        prop_assert!(differing.windows(2).all(|w| w[0] < w[1]));
+        prop_assert!(differing.len() <= theirs.len());
+
+        // A fetched event is taken whole with both ids, or refused as the message's fault (so the
+        // answer is dropped before anything is written, never retried as if the database failed).
+        match fetched_event(&body) {
+            Ok((event, event_id, case_id)) => {
+                prop_assert_eq!(event_id, uuid::Uuid::parse_str(&event.event_id).expect("parsed"));
+                prop_assert_eq!(case_id, uuid::Uuid::parse_str(&event.case_id).expect("parsed"));
+            }
+            Err(Failure::Message(_)) => {}
+            Err(other) => prop_assert!(false, "{other}"),
+        }
     }
 }

@@ -78,7 +78,7 @@ struct Tally {
 
 /// Most marks per answer, and cases asked about at once.
 const MARKS_PAGE: i64 = 2000;
-const CASES_PER_ASK: usize = 500;
+pub(crate) const CASES_PER_ASK: usize = 500;
 /// The first full run comes this long after the start.
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
 /// A stuck case is asked about at most this often.
@@ -423,7 +423,7 @@ impl Reconciler {
     }
 }
 
-fn parse_marks(marks: &[pb::CaseMark]) -> Vec<(Uuid, u64)> {
+pub(crate) fn parse_marks(marks: &[pb::CaseMark]) -> Vec<(Uuid, u64)> {
     marks
         .iter()
         .filter_map(|m| Some((Uuid::parse_str(&m.case_id).ok()?, m.version)))
@@ -431,7 +431,7 @@ fn parse_marks(marks: &[pb::CaseMark]) -> Vec<(Uuid, u64)> {
 }
 
 /// Days whose digest differs between the two sides (missing on one side counts).
-fn differing_days(mine: &[sync::DayDigest], theirs: &[pb::DayDigest]) -> Vec<NaiveDate> {
+pub(crate) fn differing_days(mine: &[sync::DayDigest], theirs: &[pb::DayDigest]) -> Vec<NaiveDate> {
     let mine: BTreeMap<NaiveDate, (u64, &[u8])> = mine
         .iter()
         .map(|d| (d.day, (d.cases.max(0) as u64, d.hash.as_slice())))
@@ -459,6 +459,55 @@ fn from_timestamp(ts: Option<prost_types::Timestamp>) -> Result<chrono::DateTime
     let ts = ts.ok_or("a time is missing")?;
     chrono::DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
         .ok_or_else(|| "a time is out of range".to_owned())
+}
+
+/// The period a digest request asks about.
+pub(crate) fn window(
+    request: &pb::DigestRequest,
+) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), String> {
+    Ok((
+        from_timestamp(request.since)?,
+        from_timestamp(request.until)?,
+    ))
+}
+
+/// Which marks a request asks for under `prefix` (a day's or the listed cases', at most
+/// [`CASES_PER_ASK`]; ids that are not UUIDs name no case), and after which case.
+pub(crate) fn marks_asked(
+    prefix: &str,
+    request: &pb::MarksRequest,
+) -> Result<(sync::Marks, Option<Uuid>), String> {
+    let prefix = prefix.to_owned();
+    let which = if request.case_ids.is_empty() {
+        sync::Marks::Day {
+            prefix,
+            day: request
+                .day
+                .parse()
+                .map_err(|_| format!("{:?} is not a day", request.day))?,
+            until: from_timestamp(request.until)?,
+        }
+    } else {
+        sync::Marks::Cases {
+            prefix,
+            ids: request
+                .case_ids
+                .iter()
+                .take(CASES_PER_ASK)
+                .filter_map(|id| Uuid::parse_str(id).ok())
+                .collect(),
+        }
+    };
+    let after = match request.after_case_id.as_str() {
+        "" => None,
+        id => Some(Uuid::parse_str(id).map_err(|_| "after_case_id is not a UUID")?),
+    };
+    Ok((which, after))
+}
+
+/// The case whose events a request asks for.
+pub(crate) fn events_of(request: &pb::EventsRequest) -> Result<Uuid, String> {
+    Uuid::parse_str(&request.case_id).map_err(|_| "case_id is not a UUID".to_owned())
 }
 
 /// Answers the peers' reconciliation requests from this tier's database.
@@ -493,8 +542,7 @@ impl Responder for Answers {
         request: pb::DigestRequest,
     ) -> Result<pb::DigestReply, String> {
         self.check(&community, &request.community_code)?;
-        let since = from_timestamp(request.since)?;
-        let until = from_timestamp(request.until)?;
+        let (since, until) = window(&request)?;
         let days = sync::digest(self.engine.pool(), community.prefix(), since, until)
             .await
             .map_err(|e| e.to_string())?;
@@ -516,31 +564,7 @@ impl Responder for Answers {
         request: pb::MarksRequest,
     ) -> Result<pb::MarksReply, String> {
         self.check(&community, &request.community_code)?;
-        let prefix = community.prefix().to_owned();
-        let which = if request.case_ids.is_empty() {
-            sync::Marks::Day {
-                prefix,
-                day: request
-                    .day
-                    .parse()
-                    .map_err(|_| format!("{:?} is not a day", request.day))?,
-                until: from_timestamp(request.until)?,
-            }
-        } else {
-            sync::Marks::Cases {
-                prefix,
-                ids: request
-                    .case_ids
-                    .iter()
-                    .take(CASES_PER_ASK)
-                    .filter_map(|id| Uuid::parse_str(id).ok())
-                    .collect(),
-            }
-        };
-        let after = match request.after_case_id.as_str() {
-            "" => None,
-            id => Some(Uuid::parse_str(id).map_err(|_| "after_case_id is not a UUID")?),
-        };
+        let (which, after) = marks_asked(community.prefix(), &request)?;
         let marks = sync::marks(self.engine.pool(), &which, after, MARKS_PAGE + 1)
             .await
             .map_err(|e| e.to_string())?;
@@ -563,8 +587,7 @@ impl Responder for Answers {
         community: OrgCode,
         request: pb::EventsRequest,
     ) -> Result<pb::EventsReply, String> {
-        let case_id =
-            Uuid::parse_str(&request.case_id).map_err(|_| "case_id is not a UUID".to_owned())?;
+        let case_id = events_of(&request)?;
         let case = self.engine.case(case_id).await.map_err(|e| e.to_string())?;
         if !case.grid_code.starts_with(community.prefix()) {
             return Err(format!("case {case_id} does not lie in {community}"));

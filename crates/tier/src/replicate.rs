@@ -583,11 +583,7 @@ impl Replicator {
         let mut effects = Effects::default();
         let mut batch = Batch::default();
         for body in bodies {
-            let event = pb::CaseEvent::decode(body.as_slice())
-                .map_err(|e| Failure::Message(format!("fetched event does not decode: {e}")))?;
-            let (Some(event_id), Some(case_id)) = ids(Some(&event)) else {
-                return Err(Failure::Message("fetched event has no valid ids".into()));
-            };
+            let (event, event_id, case_id) = fetched_event(body)?;
             let raw = pb::Envelope {
                 event_id: event.event_id.clone(),
                 trace: Default::default(),
@@ -689,6 +685,17 @@ fn held_of_parked(parked: &Parked) -> Option<Held> {
         community: grid_of_subject(&parked.subject)?.community(),
         event_id: parked.event_id.to_string(),
     })
+}
+
+/// A case event a peer sent in answer to a reconciliation request, with its ids, or why it
+/// cannot be applied (nothing of the answer is then written).
+pub(crate) fn fetched_event(body: &[u8]) -> Result<(pb::CaseEvent, Uuid, Uuid), Failure> {
+    let event = pb::CaseEvent::decode(body)
+        .map_err(|e| Failure::Message(format!("fetched event does not decode: {e}")))?;
+    let (Some(event_id), Some(case_id)) = ids(Some(&event)) else {
+        return Err(Failure::Message("fetched event has no valid ids".into()));
+    };
+    Ok((event, event_id, case_id))
 }
 
 /// The case event an envelope carries, or why there is none.

@@ -24,6 +24,7 @@ use wangge_bus::{Consumer, Relay, RelayHandle, RelaySettings};
 use wangge_domain::Scope;
 use wangge_domain::case::tier_name;
 use wangge_proto as pb;
+use wangge_store::Class;
 
 use crate::engine::{load_grids, load_rules};
 use crate::tls::{self, NatsTls as _};
@@ -560,6 +561,11 @@ const FOLD_COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// Removes old inbox entries now and then, so the table stays the size of the retention window,
 /// and folds the case count's deltas more often, so reading the count stays cheap.
+///
+/// A database away for a while is waited out. A permanent failure (a table or column gone, a
+/// privilege revoked: the schema is not the one this binary was built for) ends the task, so the
+/// supervisor reports it and, when it persists, stops the tier: logged as a warning now and then,
+/// it would let the inbox and the deltas grow unseen.
 async fn prune_inbox(
     pool: sqlx::PgPool,
     retention: Duration,
@@ -572,12 +578,19 @@ async fn prune_inbox(
             match wangge_store::replication::prune_inbox(&pool, retention).await {
                 Ok(0) => {}
                 Ok(removed) => info!(removed, "old inbox entries removed"),
+                Err(error) if error.class() == Class::Permanent => {
+                    return Err(anyhow::Error::new(error).context("inbox pruning failed"));
+                }
                 Err(error) => warn!(%error, "inbox pruning failed"),
             }
             pruned_at = Some(tokio::time::Instant::now());
         }
-        if let Err(error) = wangge_store::cases::count(&pool).await {
-            warn!(%error, "folding the case count failed");
+        match wangge_store::cases::count(&pool).await {
+            Ok(_) => {}
+            Err(error) if error.class() == Class::Permanent => {
+                return Err(anyhow::Error::new(error).context("folding the case count failed"));
+            }
+            Err(error) => warn!(%error, "folding the case count failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every.min(FOLD_COUNT_EVERY)) => {}

@@ -346,6 +346,17 @@ pub fn timestamp(
     value: &prost_types::Timestamp,
     now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, Error> {
+    time_within(field, value, now, MAX_CLOCK_AHEAD_SECONDS)
+}
+
+/// A time from 2000 on and at most `ahead_seconds` after `now`: what lies outside is a typing or
+/// clock error, never a time a request means.
+pub fn time_within(
+    field: &'static str,
+    value: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+    ahead_seconds: i64,
+) -> Result<DateTime<Utc>, Error> {
     let nanos = u32::try_from(value.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
@@ -353,10 +364,15 @@ pub fn timestamp(
     if value.seconds < EARLIEST_SECONDS {
         return Err(Error::invalid(field, "before 2000-01-01"));
     }
-    if value.seconds > now.timestamp().saturating_add(MAX_CLOCK_AHEAD_SECONDS) {
+    if value.seconds > now.timestamp().saturating_add(ahead_seconds) {
+        let ahead = if ahead_seconds >= 86_400 {
+            format!("{} days", ahead_seconds / 86_400)
+        } else {
+            format!("{ahead_seconds} s")
+        };
         return Err(Error::invalid(
             field,
-            format!("lies in the future (more than {MAX_CLOCK_AHEAD_SECONDS} s ahead of ours)"),
+            format!("lies in the future (more than {ahead} ahead of ours)"),
         ));
     }
     DateTime::from_timestamp(value.seconds, nanos)
