@@ -5,6 +5,7 @@
 
 mod authority;
 mod bus;
+mod calendar;
 mod case_loop;
 mod chaos;
 mod client_errors;

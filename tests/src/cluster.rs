@@ -278,6 +278,21 @@ impl Cluster {
         .await
     }
 
+    /// The usual three tiers, all reading the virtual `time` the test moves forward (days of
+    /// deadlines in milliseconds), and scanning for due 督办 every second.
+    pub async fn start_on_time(time: &std::sync::Arc<wangge_tier::time::ShiftedTime>) -> Cluster {
+        let time = time.clone();
+        Cluster::start_configured(
+            Topology::from_env(),
+            [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+            move |config| {
+                config.clock.time = Some(time.clone());
+                config.clock.supervise_every_secs = 1;
+            },
+        )
+        .await
+    }
+
     /// Seeded databases and the three tiers of `scopes` (village, street, district) on `nats`, or
     /// with the village and the street on their `leaves`; each tier's configuration is adjusted
     /// by `configure`, and the test's clients use `client_tls` when the tiers serve TLS.

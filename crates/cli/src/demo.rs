@@ -426,6 +426,7 @@ fn standing(case: &pb::Case) -> String {
     let limit = clock.limit.unwrap_or_default();
     let unit = match limit.unit() {
         pb::TimeUnit::Minutes => "min",
+        pb::TimeUnit::WorkingMinutes => "working min",
         pb::TimeUnit::WorkingHours => "working h",
         pb::TimeUnit::WorkingDays => "working days",
         pb::TimeUnit::Unspecified => "?",

@@ -3,9 +3,12 @@
 //!
 //! A day is a working day when it is Monday to Friday, unless the calendar lists it as a holiday
 //! (法定节假日 or a 调休 rest day), or when it is a weekend day the calendar lists as a make-up
-//! working day (调休补班). Within a working day only the working periods count (Xiamen office
-//! hours by default: 08:30-12:00 and 14:30-17:30). The calendar's data lives in the seeds
-//! (`seeds/calendar-2026.toml`, table `calendar_days`): no date is hard-coded here.
+//! working day (调休补班). Within a working day only the working periods count (作息时间: the
+//! office hours with the lunch break). The working periods may change from a date on (summer
+//! hours, a new schedule): a calendar holds them as steps, each applying from its date until the
+//! next one. The calendar's data lives in the seeds (`seeds/calendar-2026.toml`, tables
+//! `calendar_days` and `working_hours`): no date is hard-coded here, and the one built-in
+//! schedule, [`default_periods`], is only where a calendar built in code starts from.
 //!
 //! A calendar also knows which years it was loaded for (a `calendar-<year>.toml` per year): the
 //! holidays of a year are announced only late in the year before, so a deadline that runs into a
@@ -71,6 +74,8 @@ pub enum CalendarError {
     NoPeriods,
     #[error("unknown day kind {0:?} (expected \"holiday\" or \"workday\")")]
     UnknownDayKind(String),
+    #[error("working period {0:?} is not HH:MM-HH:MM")]
+    MalformedPeriod(String),
 }
 
 /// A stretch of working time within a working day, `start` included, `end` excluded.
@@ -105,6 +110,39 @@ impl WorkingPeriod {
     }
 }
 
+impl FromStr for WorkingPeriod {
+    type Err = CalendarError;
+
+    /// `08:30-12:00`, as the seeds write a period.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || CalendarError::MalformedPeriod(s.to_owned());
+        let (start, end) = s.split_once('-').ok_or_else(malformed)?;
+        let time = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").map_err(|_| malformed());
+        WorkingPeriod::new(time(start)?, time(end)?)
+    }
+}
+
+/// The working periods of one day sorted by their start, or why they cannot be: none at all, or
+/// two that overlap.
+pub fn day_periods(
+    periods: impl IntoIterator<Item = WorkingPeriod>,
+) -> Result<Vec<WorkingPeriod>, CalendarError> {
+    let mut periods: Vec<WorkingPeriod> = periods.into_iter().collect();
+    if periods.is_empty() {
+        return Err(CalendarError::NoPeriods);
+    }
+    periods.sort_by_key(|p| p.start);
+    for pair in periods.windows(2) {
+        if pair[1].start < pair[0].end {
+            return Err(CalendarError::Overlap {
+                first: pair[0],
+                second: pair[1],
+            });
+        }
+    }
+    Ok(periods)
+}
+
 impl fmt::Display for WorkingPeriod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -116,7 +154,10 @@ impl fmt::Display for WorkingPeriod {
     }
 }
 
-/// Xiamen office hours: 08:30-12:00 and 14:30-17:30 (6.5 working hours a day).
+/// Xiamen office hours: 08:30-12:00 and 14:30-17:30 (6.5 working hours a day), the schedule of a
+/// calendar built in code until [`WorkCalendar::with_periods`] or
+/// [`WorkCalendar::with_periods_from`] says otherwise. The seeds carry the same values (`hours`
+/// in `seeds/calendar-2026.toml`); a calendar loaded from the database takes the seeded ones.
 pub fn default_periods() -> Vec<WorkingPeriod> {
     let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap_or(NaiveTime::MIN);
     vec![
@@ -134,12 +175,15 @@ pub fn default_periods() -> Vec<WorkingPeriod> {
 /// Working days (工作日) and working time, for time limits in working hours and working days.
 ///
 /// Built from the exceptions to the Monday-to-Friday week (holidays, 调休 make-up working days),
-/// the working periods of the day and the years whose schedule was loaded.
+/// the working periods of the day from the dates they apply from, and the years whose schedule
+/// was loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkCalendar {
     exceptions: BTreeMap<NaiveDate, DayKind>,
-    /// Sorted, non-overlapping, never empty.
-    periods: Vec<WorkingPeriod>,
+    /// The working periods of a day from a date on, until the next entry's date. The first entry
+    /// is keyed [`NaiveDate::MIN`], so every date has periods; each value is sorted,
+    /// non-overlapping and never empty.
+    hours: BTreeMap<NaiveDate, Vec<WorkingPeriod>>,
     /// The years whose schedule was loaded (a year without exceptions is still loaded); outside
     /// them the calendar knows only the ordinary week.
     years: BTreeSet<i32>,
@@ -150,7 +194,7 @@ impl Default for WorkCalendar {
     fn default() -> Self {
         WorkCalendar {
             exceptions: BTreeMap::new(),
-            periods: default_periods(),
+            hours: BTreeMap::from([(NaiveDate::MIN, default_periods())]),
             years: BTreeSet::new(),
         }
     }
@@ -207,38 +251,61 @@ impl WorkCalendar {
         (first..=last).all(|year| self.years.contains(&year))
     }
 
-    /// The same calendar with other working periods (summer hours, a 24-hour service …).
+    /// The same calendar with other working periods on every day (a 24-hour service …): the
+    /// periods set from dates on are dropped.
     pub fn with_periods(
         mut self,
         periods: impl IntoIterator<Item = WorkingPeriod>,
     ) -> Result<Self, CalendarError> {
-        let mut periods: Vec<WorkingPeriod> = periods.into_iter().collect();
-        if periods.is_empty() {
-            return Err(CalendarError::NoPeriods);
-        }
-        periods.sort_by_key(|p| p.start);
-        for pair in periods.windows(2) {
-            if pair[1].start < pair[0].end {
-                return Err(CalendarError::Overlap {
-                    first: pair[0],
-                    second: pair[1],
-                });
-            }
-        }
-        self.periods = periods;
+        self.hours = BTreeMap::from([(NaiveDate::MIN, day_periods(periods)?)]);
         Ok(self)
     }
 
-    pub fn periods(&self) -> &[WorkingPeriod] {
-        &self.periods
+    /// The same calendar with other working periods from `from` on, until the next date periods
+    /// are set from (summer hours from 1 June, the ordinary ones again from 1 October). Setting
+    /// a date twice keeps the last periods.
+    pub fn with_periods_from(
+        mut self,
+        from: NaiveDate,
+        periods: impl IntoIterator<Item = WorkingPeriod>,
+    ) -> Result<Self, CalendarError> {
+        self.hours.insert(from, day_periods(periods)?);
+        Ok(self)
     }
 
-    /// The working time of one working day (6.5 hours with the default periods).
-    pub fn working_day_length(&self) -> Duration {
-        self.periods
+    /// The working periods of `date` (whether or not it is a working day).
+    pub fn periods_on(&self, date: NaiveDate) -> &[WorkingPeriod] {
+        self.hours
+            .range(..=date)
+            .next_back()
+            .or_else(|| self.hours.first_key_value())
+            .map_or(&[], |(_, periods)| periods.as_slice())
+    }
+
+    /// The dates the working periods change on, with the periods from then on, in date order
+    /// (before the first, the periods of [`WorkCalendar::with_periods`] or the default apply).
+    pub fn period_changes(&self) -> impl Iterator<Item = (NaiveDate, &[WorkingPeriod])> {
+        self.hours
+            .iter()
+            .filter(|(date, _)| **date > NaiveDate::MIN)
+            .map(|(date, periods)| (*date, periods.as_slice()))
+    }
+
+    /// The working time of a working day on `date` (6.5 hours with the default periods).
+    pub fn working_day_length_on(&self, date: NaiveDate) -> Duration {
+        self.periods_on(date)
             .iter()
             .map(WorkingPeriod::duration)
             .fold(Duration::zero(), |a, b| a + b)
+    }
+
+    /// The working time of a working day under the latest periods the calendar knows (those of
+    /// its last change), for comparing limits of different units where no date matters.
+    pub fn working_day_length(&self) -> Duration {
+        self.hours
+            .keys()
+            .next_back()
+            .map_or(Duration::zero(), |date| self.working_day_length_on(*date))
     }
 
     /// Whether `date` is a working day (工作日): Monday to Friday unless a holiday, or a weekend day
@@ -253,7 +320,11 @@ impl WorkCalendar {
 
     /// Whether `at` falls in a working period of a working day.
     pub fn is_working_time(&self, at: NaiveDateTime) -> bool {
-        self.is_working_day(at.date()) && self.periods.iter().any(|p| p.contains(at.time()))
+        self.is_working_day(at.date())
+            && self
+                .periods_on(at.date())
+                .iter()
+                .any(|p| p.contains(at.time()))
     }
 
     /// The first working day strictly after `date`.
@@ -273,7 +344,7 @@ impl WorkCalendar {
     pub fn next_working_moment(&self, at: NaiveDateTime) -> NaiveDateTime {
         let date = at.date();
         if self.is_working_day(date) {
-            for period in &self.periods {
+            for period in self.periods_on(date) {
                 if period.contains(at.time()) {
                     return at;
                 }
@@ -282,7 +353,8 @@ impl WorkCalendar {
                 }
             }
         }
-        self.next_working_day(date).and_time(self.first_start())
+        let next = self.next_working_day(date);
+        next.and_time(self.first_start(next))
     }
 
     /// The same time of day `n` working days later (a limit in working days, e.g. 私搭乱建 20
@@ -326,7 +398,7 @@ impl WorkCalendar {
         let mut day = from.date();
         while day <= to.date() {
             if self.is_working_day(day) {
-                for period in &self.periods {
+                for period in self.periods_on(day) {
                     let start = day.and_time(period.start).max(from);
                     let end = day.and_time(period.end).min(to);
                     if end > start {
@@ -342,15 +414,22 @@ impl WorkCalendar {
         total
     }
 
-    fn first_start(&self) -> NaiveTime {
-        self.periods.first().map_or(NaiveTime::MIN, |p| p.start)
+    fn first_start(&self, date: NaiveDate) -> NaiveTime {
+        self.periods_on(date)
+            .first()
+            .map_or(NaiveTime::MIN, |p| p.start)
+    }
+
+    /// The end of the last working period of `date`.
+    pub fn day_end(&self, date: NaiveDate) -> Option<NaiveTime> {
+        self.periods_on(date).last().map(|p| p.end)
     }
 
     /// The end of the working period that contains `at` (which must be working time).
     fn period_end(&self, at: NaiveDateTime) -> NaiveDateTime {
         debug_assert!(self.is_working_time(at), "{at} is not working time");
         let end = self
-            .periods
+            .periods_on(at.date())
             .iter()
             .find(|p| p.contains(at.time()))
             .map_or(at.time(), |p| p.end);
@@ -655,7 +734,11 @@ mod tests {
                 WorkingPeriod::new(hm(8, 30), hm(12, 0)).unwrap(),
             ])
             .unwrap();
-        assert_eq!(summer.periods()[0].start(), hm(8, 30), "periods are sorted");
+        assert_eq!(
+            summer.periods_on(d("2026-07-01"))[0].start(),
+            hm(8, 30),
+            "periods are sorted"
+        );
         assert_eq!(
             summer.next_working_moment(t("2026-07-01 14:40")),
             t("2026-07-01 15:00")
@@ -672,6 +755,115 @@ mod tests {
             around_the_clock.add_working_hours(t("2026-11-25 20:00"), hours(1)),
             t("2026-11-25 21:00")
         );
+    }
+
+    #[test]
+    fn working_periods_change_from_their_dates_on() {
+        let summer: Vec<WorkingPeriod> = ["08:00-12:00", "15:00-18:00"]
+            .map(|p| p.parse().unwrap())
+            .into();
+        // Summer hours from 1 June, the ordinary office hours again from 1 October.
+        let cal = xiamen_2026()
+            .with_periods_from(d("2026-06-01"), summer.clone())
+            .unwrap()
+            .with_periods_from(d("2026-10-01"), default_periods())
+            .unwrap();
+        assert_eq!(cal.periods_on(d("2026-05-29")), default_periods());
+        assert_eq!(cal.periods_on(d("2026-06-01")), summer);
+        assert_eq!(cal.periods_on(d("2026-09-30")), summer);
+        assert_eq!(cal.periods_on(d("2026-10-08")), default_periods());
+        assert_eq!(
+            cal.period_changes()
+                .map(|(date, periods)| (date, periods.len()))
+                .collect::<Vec<_>>(),
+            [(d("2026-06-01"), 2), (d("2026-10-01"), 2)]
+        );
+        assert_eq!(cal.working_day_length_on(d("2026-07-01")), hours(7));
+        assert_eq!(
+            cal.working_day_length_on(d("2026-11-25")),
+            Duration::minutes(390)
+        );
+        assert_eq!(
+            cal.working_day_length(),
+            Duration::minutes(390),
+            "the latest periods"
+        );
+
+        // The summer lunch break runs to 15:00.
+        assert!(!cal.is_working_time(t("2026-07-01 14:40")));
+        assert!(cal.is_working_time(t("2026-07-01 17:45")));
+        assert_eq!(
+            cal.next_working_moment(t("2026-07-01 12:30")),
+            t("2026-07-01 15:00")
+        );
+        // Friday 29 May 16:30 with 4 working hours: 1 h under the office hours, then Monday
+        // 1 June under the summer hours, from 08:00: due 11:00.
+        assert_eq!(
+            cal.add_working_hours(t("2026-05-29 16:30"), hours(4)),
+            t("2026-06-01 11:00")
+        );
+        assert_eq!(
+            cal.next_working_moment(t("2026-05-29 18:00")),
+            t("2026-06-01 08:00")
+        );
+        // Wednesday 30 September 17:00 with 2 working hours: the summer day ends at 18:00, 国庆节
+        // rests, and Thursday 8 October is back on office hours: due 09:30.
+        assert_eq!(
+            cal.add_working_hours(t("2026-09-30 17:00"), hours(2)),
+            t("2026-10-08 09:30")
+        );
+        assert_eq!(
+            cal.working_time_between(t("2026-05-29 00:00"), t("2026-06-02 00:00")),
+            Duration::minutes(390) + hours(7)
+        );
+        // Working days keep the time of day across the change.
+        assert_eq!(
+            cal.add_working_days(t("2026-05-29 10:00"), 1),
+            t("2026-06-01 10:00")
+        );
+        // And the inverse still holds across both changes.
+        for (from, until) in [
+            ("2026-05-27 06:00", "2026-06-03 00:00"),
+            ("2026-09-28 06:00", "2026-10-09 00:00"),
+        ] {
+            let mut start = t(from);
+            while start < t(until) {
+                for duration in [1, 45, 240, 420, 1000].map(Duration::minutes) {
+                    let end = cal.add_working_hours(start, duration);
+                    assert_eq!(cal.working_time_between(start, end), duration, "{start}");
+                }
+                start += Duration::minutes(53);
+            }
+        }
+    }
+
+    #[test]
+    fn periods_parse_as_the_seeds_write_them() {
+        let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap();
+        assert_eq!(
+            "08:30-12:00".parse::<WorkingPeriod>(),
+            WorkingPeriod::new(hm(8, 30), hm(12, 0))
+        );
+        assert_eq!(
+            " 14:30 - 17:30 "
+                .parse::<WorkingPeriod>()
+                .unwrap()
+                .to_string(),
+            "14:30-17:30"
+        );
+        for bad in ["08:30", "8h30-12:00", "08:30-25:00", ""] {
+            assert!(
+                matches!(
+                    bad.parse::<WorkingPeriod>(),
+                    Err(CalendarError::MalformedPeriod(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            "12:00-08:30".parse::<WorkingPeriod>(),
+            Err(CalendarError::EmptyPeriod { .. })
+        ));
     }
 
     #[test]

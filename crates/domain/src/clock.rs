@@ -27,8 +27,12 @@ pub fn china_time(at: DateTime<Utc>) -> NaiveDateTime {
 /// The unit of a time limit, as `seeds/` and the API name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitUnit {
-    /// Wall-clock minutes, nights and holidays included (立案+派遣 within 30 minutes).
+    /// Wall-clock minutes, nights and holidays included (立案+派遣 within 30 minutes: a command
+    /// center is staffed around the clock).
     Minutes,
+    /// Working minutes: like working hours, only the working periods of working days count (a
+    /// department's 90 working minutes stop over the lunch break and the night).
+    WorkingMinutes,
     /// Working hours: only the working periods of working days count (暴露垃圾 4 working hours).
     WorkingHours,
     /// Working days: the same time of day that many working days later (私搭乱建 20 working days).
@@ -39,6 +43,7 @@ impl LimitUnit {
     pub fn name(self) -> &'static str {
         match self {
             LimitUnit::Minutes => "minutes",
+            LimitUnit::WorkingMinutes => "working_minutes",
             LimitUnit::WorkingHours => "working_hours",
             LimitUnit::WorkingDays => "working_days",
         }
@@ -51,10 +56,12 @@ impl FromStr for LimitUnit {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "minutes" => Ok(LimitUnit::Minutes),
+            "working_minutes" => Ok(LimitUnit::WorkingMinutes),
             "working_hours" => Ok(LimitUnit::WorkingHours),
             "working_days" => Ok(LimitUnit::WorkingDays),
             other => Err(format!(
-                "unknown time unit {other:?}: expected minutes, working_hours or working_days"
+                "unknown time unit {other:?}: expected minutes, working_minutes, working_hours \
+                 or working_days"
             )),
         }
     }
@@ -72,6 +79,13 @@ impl Limit {
         Limit {
             amount,
             unit: LimitUnit::Minutes,
+        }
+    }
+
+    pub fn working_minutes(amount: u32) -> Limit {
+        Limit {
+            amount,
+            unit: LimitUnit::WorkingMinutes,
         }
     }
 
@@ -250,7 +264,9 @@ impl Clock<'_> {
     /// out at the same time of day, as people count it.
     fn length(&self, limit: &Limit) -> Duration {
         match limit.unit {
-            LimitUnit::Minutes => Duration::minutes(i64::from(limit.amount)),
+            LimitUnit::Minutes | LimitUnit::WorkingMinutes => {
+                Duration::minutes(i64::from(limit.amount))
+            }
             LimitUnit::WorkingHours => Duration::hours(i64::from(limit.amount)),
             LimitUnit::WorkingDays => {
                 let from = self.calendar.next_working_moment(self.started);
@@ -273,14 +289,15 @@ impl Clock<'_> {
     fn advance(&self, from: NaiveDateTime, amount: Duration) -> NaiveDateTime {
         match self.limit.unit {
             LimitUnit::Minutes => from + amount.max(Duration::zero()),
-            LimitUnit::WorkingHours => self.calendar.add_working_hours(from, amount),
+            LimitUnit::WorkingMinutes | LimitUnit::WorkingHours => {
+                self.calendar.add_working_hours(from, amount)
+            }
             // People count working days to the same time of day: a 5-day limit from Monday 08:30
             // is due next Monday 08:30, not this Friday 17:30, though both are the same instant
             // in working time.
             LimitUnit::WorkingDays => {
                 let due = self.calendar.add_working_hours(from, amount);
-                let day_ends = self.calendar.periods().last().map(|p| p.end());
-                if Some(due.time()) == day_ends {
+                if Some(due.time()) == self.calendar.day_end(due.date()) {
                     self.calendar.next_working_moment(due)
                 } else {
                     due
@@ -358,6 +375,49 @@ mod tests {
             late.at(at("2026-11-24 22:00")).used,
             late.at(at("2026-11-25 08:29")).used
         );
+    }
+
+    #[test]
+    fn working_minutes_stop_over_the_lunch_break_and_the_night() {
+        let calendar = WorkCalendar::default();
+        // 90 working minutes from Tuesday 11:00: 60 before lunch, 30 after it, due 15:00, where
+        // 90 wall-clock minutes would be due at 12:30 in the middle of the lunch break.
+        let c = clock(&calendar, Limit::working_minutes(90), "2026-11-24 11:00");
+        assert_eq!(
+            c.at(at("2026-11-24 11:00")).deadline,
+            at("2026-11-24 15:00")
+        );
+        assert_eq!(
+            clock(&calendar, Limit::minutes(90), "2026-11-24 11:00")
+                .at(at("2026-11-24 11:00"))
+                .deadline,
+            at("2026-11-24 12:30")
+        );
+        // The lunch break uses nothing: at 12:00 and at 14:29 the same 60 minutes.
+        assert_eq!(c.at(at("2026-11-24 12:00")).used, Duration::minutes(60));
+        assert_eq!(c.at(at("2026-11-24 14:29")).used, Duration::minutes(60));
+        assert_eq!(c.at(at("2026-11-24 14:29")).light, Light::Green);
+        // 72 of 90 minutes (80 %) at 14:42: yellow; past 15:00, red.
+        assert_eq!(c.at(at("2026-11-24 14:41")).light, Light::Green);
+        assert_eq!(c.at(at("2026-11-24 14:42")).light, Light::Yellow);
+        assert_eq!(c.at(at("2026-11-24 15:00")).light, Light::Yellow);
+        assert_eq!(c.at(at("2026-11-24 15:01")).light, Light::Red);
+        assert_eq!(c.at(at("2026-11-24 15:30")).left(), Duration::minutes(-30));
+
+        // From 17:00: 30 minutes that evening, the night counts nothing, 60 the next morning.
+        let night = clock(&calendar, Limit::working_minutes(90), "2026-11-24 17:00");
+        assert_eq!(
+            night.at(at("2026-11-24 17:00")).deadline,
+            at("2026-11-25 09:30")
+        );
+        let evening = night.at(at("2026-11-24 23:00"));
+        let morning = night.at(at("2026-11-25 08:29"));
+        assert_eq!(evening.used, Duration::minutes(30));
+        assert_eq!(morning.used, evening.used);
+        assert_eq!(morning.light, Light::Green);
+        assert_eq!(night.at(at("2026-11-25 09:31")).light, Light::Red);
+        // A working unit reads the calendar: loaded for no year, it is flagged.
+        assert!(night.at(at("2026-11-24 17:00")).beyond_calendar);
     }
 
     #[test]
@@ -548,6 +608,7 @@ mod tests {
     fn units_parse_by_their_seed_names() {
         for unit in [
             LimitUnit::Minutes,
+            LimitUnit::WorkingMinutes,
             LimitUnit::WorkingHours,
             LimitUnit::WorkingDays,
         ] {
@@ -555,5 +616,6 @@ mod tests {
         }
         assert!("hours".parse::<LimitUnit>().unwrap_err().contains("hours"));
         assert_eq!(Limit::working_days(20).to_string(), "20 working days");
+        assert_eq!(Limit::working_minutes(90).to_string(), "90 working minutes");
     }
 }

@@ -373,6 +373,7 @@ fn utc(event: &pb::CaseEvent) -> Option<DateTime<Utc>> {
 fn limit_of(limit: &pb::TimeLimit) -> Option<Limit> {
     let unit = match limit.unit() {
         pb::TimeUnit::Minutes => LimitUnit::Minutes,
+        pb::TimeUnit::WorkingMinutes => LimitUnit::WorkingMinutes,
         pb::TimeUnit::WorkingHours => LimitUnit::WorkingHours,
         pb::TimeUnit::WorkingDays => LimitUnit::WorkingDays,
         pb::TimeUnit::Unspecified => return None,

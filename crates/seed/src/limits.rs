@@ -423,6 +423,7 @@ limit = [
   { stage = "accept", amount = 20, unit = "minutes" },
   { stage = "accept", urgency = "emergency", amount = 5, unit = "minutes" },
   { stage = "handle", category = "szcg-01-01", amount = 4, unit = "working_hours" },
+  { stage = "check", amount = 90, unit = "working_minutes" },
 ]
 
 [[extension]]
@@ -437,7 +438,7 @@ unit = "working_days"
         let parsed = parse_time_limits(text, &known());
         assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
         let lines: Vec<usize> = parsed.rows.iter().map(|r| r.line).collect();
-        assert_eq!(lines, [3, 4, 5, 8, 12]);
+        assert_eq!(lines, [3, 4, 5, 6, 9, 13]);
         assert_eq!(
             parsed.rows[1].rule,
             Rule::Limit(LimitRule {
@@ -448,7 +449,17 @@ unit = "working_days"
             })
         );
         assert_eq!(
-            parsed.rows[4].rule,
+            parsed.rows[3].rule,
+            Rule::Limit(LimitRule {
+                stage: Stage::Check,
+                category: None,
+                urgency: None,
+                limit: Limit::working_minutes(90),
+            }),
+            "working minutes stop over the lunch break"
+        );
+        assert_eq!(
+            parsed.rows[5].rule,
             Rule::Extension(ExtensionRule {
                 category: Some("szcg-01".to_owned()),
                 limit: Limit::working_days(2),

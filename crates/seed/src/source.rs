@@ -139,6 +139,11 @@ impl<'i> TomlFile<'i> {
         }
     }
 
+    /// Whether the file has the top-level key `key` (not taken yet).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.keys.iter().any(|(k, _)| k == key)
+    }
+
     /// Takes the top-level value `key`, with its line.
     pub(crate) fn take(&mut self, key: &str) -> Option<(usize, Spanned<DeValue<'i>>)> {
         let at = self.keys.iter().position(|(k, _)| k == key)?;

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrono::NaiveDate;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
+use wangge_domain::calendar::WorkCalendar;
 use wangge_domain::clock::Limit;
 use wangge_domain::limits::{Stage, Urgency};
 use wangge_proto as pb;
@@ -63,6 +64,7 @@ async fn table_counts(pool: &PgPool) -> Vec<i64> {
         "workers",
         "calendar_days",
         "calendar_years",
+        "working_hours",
     ] {
         counts.push(count(pool, &format!("SELECT count(*) FROM {table}")).await);
     }
@@ -212,7 +214,66 @@ async fn check(pool: &PgPool) {
     assert_eq!(table_counts(pool).await, before);
 
     check_rule_files_are_followed(pool).await;
+    check_working_hours_follow_their_file(pool).await;
     check_calendars_inherit(pool).await;
+}
+
+fn periods(calendar: &WorkCalendar, date: &str) -> Vec<String> {
+    calendar
+        .periods_on(day(date))
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The seeded hours of a file with a year are followed exactly: an entry of that org and year
+/// the file does not list is deleted, one it lists is corrected; other orgs and years are left.
+async fn check_working_hours_follow_their_file(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO working_hours (org_code, valid_from, starts, ends) VALUES
+             ('350200000000', '2026-06-01', '{08:00,15:00}', '{12:00,18:00}'),
+             ('350200000000', '2027-06-01', '{08:00,15:00}', '{12:00,18:00}'),
+             ('350205000000', '2026-06-01', '{08:00,15:00}', '{12:00,18:00}')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE working_hours SET ends = '{12:00,18:00}'
+         WHERE org_code = '350200000000' AND valid_from = '2026-01-01'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let (again, _) = run_import(pool).await;
+    assert_eq!(
+        again.file("calendar-2026.toml").unwrap().changed,
+        2,
+        "one entry deleted, one corrected"
+    );
+    let left: Vec<(String, NaiveDate)> = sqlx::query_as(
+        "SELECT org_code, valid_from FROM working_hours ORDER BY org_code, valid_from",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        [
+            ("350200000000".to_owned(), day("2026-01-01")),
+            ("350200000000".to_owned(), day("2027-06-01")),
+            ("350205000000".to_owned(), day("2026-06-01")),
+        ]
+    );
+    let city = rules::calendar_for(pool, "350200000000").await.unwrap();
+    assert_eq!(periods(&city, "2026-11-25"), ["08:30-12:00", "14:30-17:30"]);
+    sqlx::query(
+        "DELETE FROM working_hours WHERE (org_code, valid_from) IN
+             (('350200000000', '2027-06-01'), ('350205000000', '2026-06-01'))",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn day(s: &str) -> NaiveDate {
@@ -342,6 +403,25 @@ async fn check_calendars_inherit(pool: &PgPool) {
     assert!(calendar.is_working_day(day("2026-11-25")));
     assert_eq!(calendar.covered_until(), Some(day("2026-12-31")));
     assert_eq!(calendar.years().iter().copied().collect::<Vec<_>>(), [2026]);
+    // The city's office hours with the lunch break, from the seeds, on every day.
+    let office = ["08:30-12:00", "14:30-17:30"];
+    assert_eq!(periods(&calendar, "2026-11-25"), office);
+    assert_eq!(
+        periods(&calendar, "2025-06-01"),
+        office,
+        "before the first entry"
+    );
+    assert_eq!(
+        calendar
+            .period_changes()
+            .map(|(from, _)| from)
+            .collect::<Vec<_>>(),
+        [day("2026-01-01")]
+    );
+    assert_eq!(
+        calendar.working_day_length(),
+        chrono::Duration::minutes(390)
+    );
 
     // The street works on Oct 2 (its own entry beats the city's), the district rests on Nov 25,
     // and the community itself rests on Oct 10 (beating the city's make-up day).
@@ -367,6 +447,35 @@ async fn check_calendars_inherit(pool: &PgPool) {
         "still the city's"
     );
     assert_eq!(calendar.covered_until(), Some(day("2027-12-31")));
+
+    // Hours: the city keeps summer hours from June to October, the street its own from July.
+    sqlx::query(
+        "INSERT INTO working_hours (org_code, valid_from, starts, ends) VALUES
+             ('350200000000', '2026-06-01', '{08:00,15:00}', '{12:00,18:00}'),
+             ('350200000000', '2026-10-01', '{08:30,14:30}', '{12:00,17:30}'),
+             ('350205002000', '2026-07-01', '{08:00}', '{20:00}')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let calendar = rules::calendar_for(pool, community).await.unwrap();
+    assert_eq!(periods(&calendar, "2026-05-29"), office);
+    assert_eq!(
+        periods(&calendar, "2026-06-15"),
+        ["08:00-12:00", "15:00-18:00"]
+    );
+    assert_eq!(periods(&calendar, "2026-07-01"), ["08:00-20:00"]);
+    assert_eq!(
+        periods(&calendar, "2026-11-25"),
+        ["08:00-20:00"],
+        "the street's, its entries having begun"
+    );
+    let other_street = rules::calendar_for(pool, "350205001001").await.unwrap();
+    assert_eq!(
+        periods(&other_street, "2026-07-01"),
+        ["08:00-12:00", "15:00-18:00"]
+    );
+    assert_eq!(periods(&other_street, "2026-11-25"), office);
 
     // Another street of the district shares the district's day only; another district none.
     let other_street = rules::calendar_for(pool, "350205001001").await.unwrap();

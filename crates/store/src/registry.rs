@@ -103,6 +103,7 @@ pub async fn grids(pool: &PgPool, prefix: &str) -> Result<Vec<GridRow>> {
 fn time_limit(limit: Limit) -> pb::TimeLimit {
     let unit = match limit.unit {
         LimitUnit::Minutes => pb::TimeUnit::Minutes,
+        LimitUnit::WorkingMinutes => pb::TimeUnit::WorkingMinutes,
         LimitUnit::WorkingHours => pb::TimeUnit::WorkingHours,
         LimitUnit::WorkingDays => pb::TimeUnit::WorkingDays,
     };

@@ -1,6 +1,7 @@
 //! The rules of the command clock as the seeds left them, decoded into the domain's types: the
 //! time limits and standard extensions (`time_limits`, `extension_limits`), the skip-tier rules
-//! (`skip_tier_rules`) and the work calendar of an org (`calendar_days`, `calendar_years`).
+//! (`skip_tier_rules`) and the work calendar of an org (`calendar_days`, `calendar_years`,
+//! `working_hours`).
 //!
 //! The importer checks every row, so a row that does not decode was written past it (by hand, or
 //! by a newer schema): it is skipped with a warning rather than failing every clock of the tier,
@@ -8,11 +9,11 @@
 
 use std::cmp::Reverse;
 
-use chrono::NaiveDate;
+use chrono::{NaiveDate, NaiveTime};
 use sqlx::PgPool;
 use tracing::warn;
 use wangge_domain::OrgCode;
-use wangge_domain::calendar::{DayKind, WorkCalendar};
+use wangge_domain::calendar::{DayKind, WorkCalendar, WorkingPeriod, day_periods};
 use wangge_domain::clock::{Limit, LimitUnit};
 use wangge_domain::limits::{
     ExtensionRule, LimitRule, LimitRules, SkipRule, SkipRules, parse_urgency,
@@ -153,10 +154,64 @@ struct DayRow {
     kind: String,
 }
 
-/// The work calendar of `org_code` (12 digits, or a scope prefix such as `350205`): the days the calendars of the city, the district, the street
-/// and the org itself define, the nearest org's entry for a date overriding farther ones (a street
-/// that works on a day the city has off says so in its own file), and the years loaded for any of
-/// them (a deadline past them is flagged, see [`WorkCalendar::covered_until`]).
+#[derive(Debug, sqlx::FromRow)]
+struct HoursRow {
+    org_code: String,
+    valid_from: NaiveDate,
+    starts: Vec<NaiveTime>,
+    ends: Vec<NaiveTime>,
+}
+
+impl HoursRow {
+    fn periods(&self) -> Result<Vec<WorkingPeriod>, String> {
+        if self.starts.len() != self.ends.len() {
+            return Err("as many starts as ends are needed".to_owned());
+        }
+        let periods = self
+            .starts
+            .iter()
+            .zip(&self.ends)
+            .map(|(start, end)| WorkingPeriod::new(*start, *end))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        day_periods(periods).map_err(|e| e.to_string())
+    }
+}
+
+/// The working periods of a lineage as steps: at each date any org of it changes its hours, the
+/// hours of the nearest org whose entries have begun by then (its latest entry from that date or
+/// earlier). `entries` are `(distance, from, periods)`; an empty result leaves the calendar's
+/// default.
+fn inherited_hours(
+    entries: &[(usize, NaiveDate, Vec<WorkingPeriod>)],
+) -> Vec<(NaiveDate, &[WorkingPeriod])> {
+    let mut dates: Vec<NaiveDate> = entries.iter().map(|&(_, from, _)| from).collect();
+    dates.sort();
+    dates.dedup();
+    let mut steps: Vec<(NaiveDate, &[WorkingPeriod])> = Vec::new();
+    for date in dates {
+        let in_force = entries
+            .iter()
+            .filter(|&&(_, from, _)| from <= date)
+            .min_by_key(|&&(distance, from, _)| (distance, Reverse(from)));
+        if let Some((_, _, periods)) = in_force
+            && steps
+                .last()
+                .is_none_or(|(_, last)| *last != periods.as_slice())
+        {
+            steps.push((date, periods.as_slice()));
+        }
+    }
+    steps
+}
+
+/// The work calendar of `org_code` (12 digits, or a scope prefix such as `350205`): the days the
+/// calendars of the city, the district, the street and the org itself define, the nearest org's
+/// entry for a date overriding farther ones (a street that works on a day the city has off says
+/// so in its own file); the working periods of their `hours`, from each date on the nearest
+/// org's whose entries have begun (before the first entry, the first entry's periods); and the
+/// years loaded for any of them (a deadline past them is flagged, see
+/// [`WorkCalendar::covered_until`]).
 pub async fn calendar_for(pool: &PgPool, org_code: &str) -> Result<WorkCalendar, sqlx::Error> {
     let lineage = org_lineage(org_code);
     let rows = sqlx::query_as::<_, DayRow>(
@@ -187,13 +242,50 @@ pub async fn calendar_for(pool: &PgPool, org_code: &str) -> Result<WorkCalendar,
     .bind(&lineage)
     .fetch_all(pool)
     .await?;
-    Ok(
-        WorkCalendar::from_days(days.into_iter().map(|(_, day, kind)| (day, kind)))
-            .with_years(years),
+    let rows = sqlx::query_as::<_, HoursRow>(
+        "SELECT org_code, valid_from, starts, ends FROM working_hours
+         WHERE org_code = ANY($1) ORDER BY valid_from",
     )
+    .bind(&lineage)
+    .fetch_all(pool)
+    .await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.periods() {
+            Ok(periods) => entries.push((distance(&row.org_code), row.valid_from, periods)),
+            Err(reason) => warn!(
+                org = %row.org_code,
+                from = %row.valid_from,
+                %reason,
+                "working hours skipped"
+            ),
+        }
+    }
+
+    let mut calendar = WorkCalendar::from_days(days.into_iter().map(|(_, day, kind)| (day, kind)))
+        .with_years(years);
+    let steps = inherited_hours(&entries);
+    // Before the first entry the first periods apply: the data, not the built-in default. Each
+    // step passed `day_periods` above, so the calendar refuses none; were it to, the step is
+    // skipped rather than the calendar lost.
+    let base = steps.first().map(|&(_, periods)| (None, periods));
+    let dated = steps.iter().map(|&(from, periods)| (Some(from), periods));
+    for (from, periods) in base.into_iter().chain(dated) {
+        let periods = periods.iter().copied();
+        let next = match from {
+            None => calendar.clone().with_periods(periods),
+            Some(from) => calendar.clone().with_periods_from(from, periods),
+        };
+        match next {
+            Ok(next) => calendar = next,
+            Err(reason) => warn!(org = org_code, ?from, %reason, "working hours skipped"),
+        }
+    }
+    Ok(calendar)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -223,6 +315,66 @@ mod tests {
     }
 
     #[test]
+    fn working_hours_come_from_the_nearest_org_whose_entries_have_begun() {
+        let periods = |list: &[&str]| -> Vec<WorkingPeriod> {
+            list.iter().map(|p| p.parse().unwrap()).collect()
+        };
+        let date = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let office = periods(&["08:30-12:00", "14:30-17:30"]);
+        let summer = periods(&["08:00-12:00", "15:00-18:00"]);
+        let street = periods(&["08:00-20:00"]);
+        // The city (distance 2) has summer hours from June to October; the street (distance 1)
+        // its own hours from July.
+        let entries = vec![
+            (2, date("2026-01-01"), office.clone()),
+            (2, date("2026-06-01"), summer.clone()),
+            (2, date("2026-10-01"), office.clone()),
+            (1, date("2026-07-01"), street.clone()),
+        ];
+        let steps = inherited_hours(&entries);
+        assert_eq!(
+            steps,
+            [
+                (date("2026-01-01"), office.as_slice()),
+                (date("2026-06-01"), summer.as_slice()),
+                // From July the street's, also after the city's October change.
+                (date("2026-07-01"), street.as_slice()),
+            ]
+        );
+        // Without the street: the city's three steps.
+        assert_eq!(inherited_hours(&entries[..3]).len(), 3);
+        // The same periods twice in a row make one step.
+        let repeated = vec![
+            (2, date("2026-01-01"), office.clone()),
+            (1, date("2026-03-01"), office.clone()),
+        ];
+        assert_eq!(inherited_hours(&repeated).len(), 1);
+        assert!(inherited_hours(&[]).is_empty());
+    }
+
+    #[test]
+    fn stored_working_hours_decode_or_say_why_not() {
+        let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap();
+        let row = |starts: Vec<NaiveTime>, ends: Vec<NaiveTime>| HoursRow {
+            org_code: "350200000000".to_owned(),
+            valid_from: "2026-01-01".parse().unwrap(),
+            starts,
+            ends,
+        };
+        let periods = row(vec![hm(14, 30), hm(8, 30)], vec![hm(17, 30), hm(12, 0)])
+            .periods()
+            .unwrap();
+        assert_eq!(periods[0].to_string(), "08:30-12:00", "sorted");
+        assert!(row(vec![hm(8, 30)], vec![]).periods().is_err());
+        assert!(row(vec![hm(12, 0)], vec![hm(8, 0)]).periods().is_err());
+        assert!(
+            row(vec![hm(8, 0), hm(9, 0)], vec![hm(10, 0), hm(11, 0)])
+                .periods()
+                .is_err_and(|e| e.contains("overlap"))
+        );
+    }
+
+    #[test]
     fn stored_limits_decode_or_say_why_not() {
         let row = |stage: &str, urgency: Option<&str>, amount, unit: &str| LimitRow {
             stage: stage.to_owned(),
@@ -239,6 +391,12 @@ mod tests {
                 urgency: None,
                 limit: Limit::working_hours(4),
             })
+        );
+        assert_eq!(
+            row("check", None, 90, "working_minutes")
+                .decode()
+                .map(|rule| rule.limit),
+            Ok(Limit::working_minutes(90))
         );
         assert!(
             row("closing", None, 4, "minutes")

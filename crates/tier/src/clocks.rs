@@ -45,7 +45,7 @@ impl Rules {
         self.limits.standard_extension(category)
     }
 
-    /// The working time of one working day in a community.
+    /// The working time of one working day in a community, under its latest working hours.
     pub fn working_day(&self, community: &str) -> Duration {
         self.calendar(community).working_day_length()
     }
@@ -55,6 +55,7 @@ impl Rules {
 pub fn unit_of(unit: pb::TimeUnit) -> Option<LimitUnit> {
     match unit {
         pb::TimeUnit::Minutes => Some(LimitUnit::Minutes),
+        pb::TimeUnit::WorkingMinutes => Some(LimitUnit::WorkingMinutes),
         pb::TimeUnit::WorkingHours => Some(LimitUnit::WorkingHours),
         pb::TimeUnit::WorkingDays => Some(LimitUnit::WorkingDays),
         pb::TimeUnit::Unspecified => None,
@@ -64,6 +65,7 @@ pub fn unit_of(unit: pb::TimeUnit) -> Option<LimitUnit> {
 fn api_unit(unit: LimitUnit) -> pb::TimeUnit {
     match unit {
         LimitUnit::Minutes => pb::TimeUnit::Minutes,
+        LimitUnit::WorkingMinutes => pb::TimeUnit::WorkingMinutes,
         LimitUnit::WorkingHours => pb::TimeUnit::WorkingHours,
         LimitUnit::WorkingDays => pb::TimeUnit::WorkingDays,
     }

@@ -139,7 +139,7 @@ pub fn extension_needs_leader(
         use wangge_domain::clock::LimitUnit;
         let amount = i64::from(amount);
         match unit {
-            LimitUnit::Minutes => chrono::Duration::minutes(amount),
+            LimitUnit::Minutes | LimitUnit::WorkingMinutes => chrono::Duration::minutes(amount),
             LimitUnit::WorkingHours => chrono::Duration::hours(amount),
             LimitUnit::WorkingDays => working_day * amount as i32,
         }

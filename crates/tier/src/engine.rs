@@ -862,6 +862,12 @@ pub(crate) async fn load_rules(
     if until.is_none() {
         tracing::warn!("no work calendar loaded: working time counts Monday to Friday only");
     }
+    if fallback.period_changes().next().is_none() {
+        // A database migrated before working hours were data, and not seeded since.
+        tracing::warn!(
+            "no working hours loaded: the built-in office hours apply until wangge-seed imports              the calendar's hours"
+        );
+    }
     Ok(Rules {
         limits,
         skips,

@@ -319,12 +319,16 @@ impl TryFrom<pb::DelayRequest> for DelayAsk {
         }
         if !matches!(
             pb::TimeUnit::try_from(extension.unit),
-            Ok(pb::TimeUnit::Minutes | pb::TimeUnit::WorkingHours | pb::TimeUnit::WorkingDays)
+            Ok(pb::TimeUnit::Minutes
+                | pb::TimeUnit::WorkingMinutes
+                | pb::TimeUnit::WorkingHours
+                | pb::TimeUnit::WorkingDays)
         ) {
             return Err(Error::invalid(
                 "extension.unit",
                 format!(
-                    "{} is not a unit: minutes (1), working hours (2) or working days (3)",
+                    "{} is not a unit: minutes (1), working hours (2), working days (3) or \
+                     working minutes (4)",
                     extension.unit
                 ),
             ));
