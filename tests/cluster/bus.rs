@@ -271,6 +271,253 @@ async fn a_message_that_fails_in_the_database_is_set_aside_alone() {
     cluster.stop().await;
 }
 
+/// The reasons of the incoming dead letters a tier keeps.
+async fn incoming_dead_letters(db: &TestDb) -> Vec<String> {
+    let pool = db.pool().await;
+    let reasons = sqlx::query_scalar("SELECT error FROM dead_letters WHERE direction = 'incoming'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    reasons
+}
+
+#[tokio::test]
+async fn an_event_id_used_by_two_different_events_is_set_aside_once_and_the_rest_flows_at_once() {
+    let cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    let js = cluster.nats.case_stream().await;
+    // Two reports of two new cases under one event id (an id reused, or forged): each could be
+    // applied on its own, but not both. Good reports of other cases travel around them, in the
+    // same batches.
+    let first = authored_pair().remove(0);
+    let mut second = authored_pair().remove(0);
+    second.event_id = first.event_id.clone();
+    let good: Vec<pb::CaseEvent> = (0..4).map(|_| authored_pair().remove(0)).collect();
+    publish_event(&js, GRID, &good[0]).await;
+    publish_event(&js, GRID, &first).await;
+    publish_event(&js, GRID, &good[1]).await;
+    // Under a message id of its own, or JetStream would drop it as a duplicate of the first.
+    publish_event_as(&js, GRID, &second, &uuid::Uuid::now_v7().to_string()).await;
+    publish_event(&js, GRID, &good[2]).await;
+    publish_event(&js, GRID, &good[3]).await;
+
+    // Promptly: nothing waits for the conflicting copy to be retried.
+    for event in good.iter().chain([&first]) {
+        clients
+            .converged_within(&event.case_id, 1, Duration::from_secs(5))
+            .await;
+    }
+    for (tier, channel, db) in [
+        (Tier::Village, &clients.village, &cluster.village.db),
+        (Tier::Street, &clients.street, &cluster.street.db),
+        (Tier::District, &clients.district, &cluster.district.db),
+    ] {
+        let status = eventually("the dead letter", Duration::from_secs(5), || async {
+            let status = tier_status(channel).await;
+            (status.dead_letters == 1).then_some(status)
+        })
+        .await;
+        assert!(
+            status
+                .problems
+                .iter()
+                .any(|p| p.contains("1 incoming dead letters")),
+            "{tier:?}: {:?}",
+            status.problems
+        );
+        let reasons = incoming_dead_letters(db).await;
+        assert_eq!(reasons.len(), 1, "{tier:?}: {reasons:?}");
+        assert!(
+            reasons[0].contains(&first.event_id) && reasons[0].contains(&second.case_id),
+            "{tier:?}: {reasons:?}"
+        );
+        assert!(
+            clients.history(tier, &second.case_id).await.is_empty(),
+            "{tier:?} applied the second user of the id"
+        );
+        // Acknowledged, not redelivered over and over.
+        let consumer = eventually("nothing unacknowledged", Duration::from_secs(5), || async {
+            let consumer = tier_status(channel).await.consumer?;
+            (consumer.known && consumer.ack_pending == 0).then_some(consumer)
+        })
+        .await;
+        assert_eq!(consumer.pending, 0, "{tier:?}: {consumer:?}");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_receipt_in_another_tiers_or_communitys_name_confirms_nothing() {
+    let mut cluster = Cluster::start().await;
+    let clients = cluster.clients().await;
+    // The district is away: the village's rows wait for its receipts once the street confirmed.
+    cluster.district.stop().await.unwrap();
+    let pool = cluster.village.db.pool().await;
+    let pending = |case: &pb::Case| {
+        let (pool, case_id) = (pool.clone(), case.id.parse::<uuid::Uuid>().unwrap());
+        async move {
+            sqlx::query_as::<_, (uuid::Uuid, Vec<String>)>(
+                "SELECT event_id, pending_tiers FROM outbox WHERE case_id = $1",
+            )
+            .bind(case_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        let case = report_case(&clients, GRID).await;
+        let row = eventually(
+            "the street's receipt at the village",
+            Duration::from_secs(15),
+            || async {
+                pending(&case)
+                    .await
+                    .filter(|(_, tiers)| tiers == &["district"])
+            },
+        )
+        .await;
+        rows.push((case, row.0));
+    }
+    let [(forged_for, forged_id), (genuine_for, genuine_id)] = rows.try_into().unwrap();
+
+    let nats = cluster.nats.client().await;
+    let receipt = |tier: Tier, org_prefix: &str, id: uuid::Uuid| -> Vec<u8> {
+        pb::Envelope {
+            event_id: String::new(),
+            trace: Default::default(),
+            body: Some(pb::envelope::Body::Receipt(pb::Receipt {
+                tier: tier as i32,
+                org_prefix: org_prefix.into(),
+                event_ids: vec![id.to_string()],
+            })),
+        }
+        .encode_to_vec()
+    };
+    for (subject, payload) in [
+        // The street's subject (all a street user may publish on), the district in the payload.
+        (
+            "wg.receipt.village.350205.002.006.street",
+            receipt(Tier::District, "350205", forged_id),
+        ),
+        // The district's subject for another community than the event's.
+        (
+            "wg.receipt.village.350205.002.007.district",
+            receipt(Tier::District, "350205", forged_id),
+        ),
+        // A true receipt behind them: once it took effect, so had they.
+        (
+            "wg.receipt.village.350205.002.006.district",
+            receipt(Tier::District, "350205", genuine_id),
+        ),
+    ] {
+        nats.publish(subject, payload.into()).await.unwrap();
+    }
+    nats.flush().await.unwrap();
+    eventually(
+        "the true receipt to confirm its event",
+        Duration::from_secs(15),
+        || async { pending(&genuine_for).await.is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        pending(&forged_for).await,
+        Some((forged_id, vec!["district".to_owned()])),
+        "a forged receipt let a row go that the district never confirmed"
+    );
+
+    // The district, back, gets the case and confirms it itself.
+    cluster.district.resume().await;
+    clients.converged(&forged_for.id, 1).await;
+    assert_no_dead_letters(&settled(&clients).await);
+    pool.close().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_leaf_link_that_returns_starts_a_reconciliation_at_once() {
+    // Reconciliation on schedule only once an hour: what repairs the street below is the return
+    // of its leaf link, which its own NATS connection (to its leaf) never noticed.
+    let cluster = Cluster::start_configured(
+        Topology::LeafNodes,
+        [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+        |config| config.delivery.reconcile_every_secs = 3600,
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let runs = |channel: &wangge_tests::Channel| {
+        let channel = channel.clone();
+        async move {
+            tier_status(&channel)
+                .await
+                .reconciliation
+                .map_or(0, |r| r.runs)
+        }
+    };
+    eventually(
+        "the street's first reconciliation",
+        Duration::from_secs(30),
+        || async { (runs(&clients.street).await >= 1).then_some(()) },
+    )
+    .await;
+
+    let street_leaf = &cluster.leaves().street;
+    street_leaf.cut();
+    let case = report_case(&clients, GRID).await;
+    held_at(&clients, Tier::District, &case.id, 1).await;
+    // Lost where only reconciliation finds it: the message gone from the hub's stream before the
+    // street read it, and the village's outbox row (which would be sent again) gone as if the
+    // street had confirmed it.
+    let js = cluster.nats.case_stream().await;
+    let stream = js.get_stream("WANGGE_CASES").await.unwrap();
+    let mut removed = 0;
+    for (seq, envelope) in stream_messages(&js).await {
+        if let Some(pb::envelope::Body::CaseEvent(event)) = envelope.body
+            && event.case_id == case.id
+        {
+            assert!(stream.delete_message(seq).await.unwrap());
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1, "the report's message in the hub's stream");
+    let village = cluster.village.db.pool().await;
+    sqlx::query("DELETE FROM outbox WHERE case_id = $1")
+        .bind(case.id.parse::<uuid::Uuid>().unwrap())
+        .execute(&village)
+        .await
+        .unwrap();
+    village.close().await;
+    // Cut for longer than the street's consumer takes to find its pull request gone (two missed
+    // 2 s heartbeats) plus a few seconds it cannot open again: a cut, not a hiccup.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let runs_before = runs(&clients.street).await;
+    assert!(clients.history(Tier::Street, &case.id).await.is_empty());
+
+    street_leaf.restore();
+    let restored = std::time::Instant::now();
+    held_at(&clients, Tier::Street, &case.id, 1).await;
+    let took = restored.elapsed();
+    // The status counts a run's repairs when the run ends, after its last case is stored.
+    eventually(
+        "the street's status to count a run after the link returned, and its repair",
+        Duration::from_secs(15),
+        || async {
+            let reconciliation = tier_status(&clients.street).await.reconciliation?;
+            (reconciliation.runs > runs_before && reconciliation.total_cases_repaired >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("street leaf restored: the lost case repaired by reconciliation after {took:?}");
+    assert_eq!(
+        clients.history(Tier::Street, &case.id).await,
+        clients.history(Tier::Village, &case.id).await
+    );
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn an_event_that_cannot_be_published_is_set_aside_and_the_rest_flows() {
     wangge_tests::init_logs();

@@ -25,10 +25,10 @@ use crate::case_loop::{
 
 type AdminClient = pb::admin_service_client::AdminServiceClient<Channel>;
 
-/// How long a tier on a cut leaf may take to read again. The pull request its consumer had
-/// pending at the hub is lost in the cut, and the consumer only renews it after two missed idle
-/// heartbeats (30 s with async-nats' defaults): its own connection to its leaf never dropped, so
-/// no reconnect tells it sooner.
+/// How long a tier on a cut leaf may take to read again, with a wide margin. The pull request its
+/// consumer had pending at the hub is lost in the cut, and the consumer renews it only after two
+/// missed idle heartbeats (2 s each, crates/bus consumer.rs) and a reopen backoff of at most 5 s:
+/// its own connection to its leaf never dropped, so no reconnect tells it sooner.
 const STALE_PULL_RENEWED: Duration = Duration::from_secs(60);
 
 async fn status(channel: &Channel) -> pb::TierStatus {

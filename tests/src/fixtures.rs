@@ -155,13 +155,24 @@ pub fn authored_pair() -> Vec<pb::CaseEvent> {
 
 /// Publishes `event` on the case stream as a tier's relay would (message id = event id).
 pub async fn publish_event(js: &async_nats::jetstream::Context, grid: &str, event: &pb::CaseEvent) {
+    publish_event_as(js, grid, event, &event.event_id).await;
+}
+
+/// Publishes `event` on the case stream under `message_id`: another message id than the event's
+/// own gets a copy past JetStream's de-duplication.
+pub async fn publish_event_as(
+    js: &async_nats::jetstream::Context,
+    grid: &str,
+    event: &pb::CaseEvent,
+    message_id: &str,
+) {
     let envelope = pb::Envelope {
         event_id: event.event_id.clone(),
         trace: Default::default(),
         body: Some(pb::envelope::Body::CaseEvent(event.clone())),
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
     let grid: wangge_domain::GridCode = grid.parse().unwrap();
     js.publish_with_headers(
         format!("wg.case.{}", grid.subject_path()),

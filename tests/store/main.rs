@@ -225,6 +225,8 @@ async fn a_batch_of_claims_numbers_each_community_in_order_and_skips_taken_keys(
 #[tokio::test]
 async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
     use wangge_store::outbox;
+    /// The case subjects of the community the rows' grid lies in, as a receipt names it.
+    const WITHIN: &str = "wg.case.350205.002.006.";
 
     let db = TestDb::seeded("store_outbox").await;
     let pool = db.pool().await;
@@ -279,11 +281,32 @@ async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
         Some(vec!["street".into(), "district".into()])
     );
 
+    // A receipt for another community confirms nothing, whatever ids it names.
+    assert_eq!(
+        outbox::confirm(&pool, "street", "wg.case.350205.002.007.", &ids)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        pending(ids[1]).await,
+        Some(vec!["street".into(), "district".into()])
+    );
     // The street confirms both before the relay recorded a send: they stay, for the district.
-    assert_eq!(outbox::confirm(&pool, "street", &ids).await.unwrap(), 0);
+    assert_eq!(
+        outbox::confirm(&pool, "street", WITHIN, &ids)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(pending(ids[1]).await, Some(vec!["district".to_owned()]));
     // Again: nothing changes.
-    assert_eq!(outbox::confirm(&pool, "street", &ids).await.unwrap(), 0);
+    assert_eq!(
+        outbox::confirm(&pool, "street", WITHIN, &ids)
+            .await
+            .unwrap(),
+        0
+    );
 
     // The first was sent; the district confirms both: the first leaves, the second waits for the
     // relay's bookkeeping of its send, with no peer left.
@@ -292,7 +315,12 @@ async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(outbox::confirm(&pool, "district", &ids).await.unwrap(), 1);
+    assert_eq!(
+        outbox::confirm(&pool, "district", WITHIN, &ids)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(pending(ids[0]).await, None);
     assert_eq!(pending(ids[1]).await, Some(Vec::new()));
 
@@ -303,7 +331,9 @@ async fn an_authored_batch_waits_in_the_outbox_until_every_peer_confirmed_it() {
         .await
         .unwrap();
     assert_eq!(
-        outbox::confirm(&pool, "district", &ids[1..]).await.unwrap(),
+        outbox::confirm(&pool, "district", WITHIN, &ids[1..])
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(pending(ids[1]).await, None);

@@ -5,10 +5,12 @@
 //! lost its store comes back empty), so replication resumes without a restart.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::{FutureExt, StreamExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -45,6 +47,10 @@ const MAX_BATCH: usize = 256;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// A stream open this long was flowing: when it fails, it is opened again without a wait.
 const FLOWING: Duration = Duration::from_secs(1);
+/// A consumer that could not be opened for this long was cut off from JetStream (a leaf link
+/// down, the hub away), not interrupted by a hiccup: when it opens again, what the bus may have
+/// lost meanwhile is worth a reconciliation.
+const CUT_OFF: Duration = Duration::from_secs(3);
 
 /// A durable consumer of the case stream, filtered to one scope.
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub struct Consumer {
     js: jetstream::Context,
     durable: String,
     filter: String,
+    /// Notified when the consumer opens again after it was cut off for [`CUT_OFF`] or longer.
+    resumed: Option<Arc<Notify>>,
 }
 
 impl Consumer {
@@ -64,7 +72,17 @@ impl Consumer {
             js,
             durable: durable.into(),
             filter: filter.into(),
+            resumed: None,
         }
+    }
+
+    /// Notifies `resumed` whenever the consumer opens again after it was cut off from JetStream
+    /// for a few seconds or longer. A tier on a leaf node keeps its own NATS connection when the
+    /// leaf's link to the hub is cut, so no reconnect of its client tells it the link came back;
+    /// this does.
+    pub fn notify_resumed(mut self, resumed: Arc<Notify>) -> Consumer {
+        self.resumed = Some(resumed);
+        self
     }
 
     /// The consumer, with the stream and the consumer created if they are missing.
@@ -152,6 +170,12 @@ impl Consumer {
             .await
             .map_err(Error::nats)?;
         info!(durable = %self.durable, filter = %self.filter, "consuming");
+        if let Some(cut_off) = interrupted.failing_for().filter(|d| *d >= CUT_OFF)
+            && let Some(resumed) = &self.resumed
+        {
+            info!(durable = %self.durable, cut_off_ms = cut_off.as_millis() as u64, "consumer back after being cut off");
+            resumed.notify_one();
+        }
         *opened = Some(Instant::now());
         interrupted.succeeded(&format!("consumer {}", self.durable));
         let mut missed_heartbeat = false;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{self, stream};
-use wangge_domain::case::tier_name;
+use wangge_domain::case::{tier_name, tier_named};
 use wangge_domain::{GridCode, OrgCode, Scope};
 use wangge_proto::Tier;
 
@@ -85,6 +85,33 @@ pub fn receipt_subject(author: Tier, community: &OrgCode, receiver: Tier) -> Str
         community_path(community),
         tier_name(receiver)
     )
+}
+
+/// What a receipt's subject says: the community of the events confirmed and the confirming tier.
+/// Those are what NATS permissions bind (a tier's user may publish receipts only as itself and
+/// only for the communities of its scope), so they, not the payload, say who confirms what.
+pub fn receipt_of_subject(subject: &str) -> Option<(OrgCode, Tier)> {
+    let mut tokens = subject.strip_prefix("wg.receipt.")?.split('.');
+    let (_author, a, b, c, receiver) = (
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+    );
+    if tokens.next().is_some() || (a.len(), b.len(), c.len()) != (6, 3, 3) {
+        return None;
+    }
+    let community = format!("{a}{b}{c}").parse().ok()?;
+    match tier_named(receiver) {
+        Tier::Unspecified => None,
+        tier => Some((community, tier)),
+    }
+}
+
+/// The start every case subject of `community` shares (`wg.case.350205.002.006.`).
+pub fn community_subject_prefix(community: &OrgCode) -> String {
+    format!("wg.case.{}.", community_path(community))
 }
 
 /// The wildcard of every receipt for events `author` wrote in `scope`.

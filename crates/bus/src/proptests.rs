@@ -10,6 +10,7 @@ use wangge_domain::OrgCode;
 use wangge_proto as pb;
 use wangge_proto::Tier;
 
+use crate::receipt_subject;
 use crate::receipts::{self, NotAReceipt};
 use crate::sync::{Ask, BadRequest, Op, SyncError, answer_of, request_of, sync_subject};
 
@@ -48,7 +49,11 @@ fn wire_id() -> impl Strategy<Value = String> {
 fn receipt() -> impl Strategy<Value = pb::Envelope> {
     (
         prop_oneof![3 => 0..5i32, 1 => any::<i32>()],
-        "[0-9]{0,15}",
+        // Mostly a scope holding the test community (or none), sometimes any digits.
+        prop_oneof![
+            2 => prop::sample::select(vec!["", "350205", "350205002", COMMUNITY]).prop_map(String::from),
+            1 => "[0-9]{0,15}",
+        ],
         prop::collection::vec(wire_id(), 0..20),
         any::<String>(),
     )
@@ -162,6 +167,19 @@ fn reply_payload() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The community the receipts' subjects name.
+const COMMUNITY: &str = "350205002006";
+
+/// The subject a receipt for the test community takes when `receiver` (1 to 3) confirms.
+fn receipt_subject_of(receiver: i32) -> (String, Tier) {
+    let receiver = Tier::try_from(receiver).unwrap_or(Tier::District);
+    let community: OrgCode = COMMUNITY.parse().expect("a community code");
+    (
+        receipt_subject(Tier::Village, &community, receiver),
+        receiver,
+    )
+}
+
 /// The ids a receipt names that are event ids (UUIDs), in order.
 fn uuids(ids: &[String]) -> Vec<Uuid> {
     ids.iter()
@@ -177,6 +195,7 @@ proptest! {
         envelope in receipt(),
         noise in prop::collection::vec(any::<u8>(), 0..512),
         pick in 0..3u8,
+        receiver in 1..4i32,
     ) {
         let valid = envelope.encode_to_vec();
         let payload = match pick {
@@ -191,37 +210,43 @@ proptest! {
                 .encode_to_vec()
             }
         };
-        let decoded = receipts::decode(&payload);
+        let (subject, receiver) = receipt_subject_of(receiver);
+        let decoded = receipts::decode(&subject, &payload);
         let Some(pb::envelope::Body::Receipt(sent)) = &envelope.body else {
             unreachable!("built with a receipt");
         };
+        // The subject's tier and community are the truth; the payload must agree with them.
+        let agrees = sent.tier == receiver as i32 && COMMUNITY.starts_with(&sent.org_prefix);
         match (pick, decoded) {
-            (0, Ok((tier, ids))) => {
-                prop_assert_eq!(tier as i32, sent.tier);
-                prop_assert_ne!(tier, Tier::Unspecified);
-                prop_assert_eq!(ids, uuids(&sent.event_ids));
+            (0, Ok(receipt)) => {
+                prop_assert!(agrees);
+                prop_assert_eq!(receipt.tier, receiver);
+                prop_assert_eq!(receipt.community.as_str(), COMMUNITY);
+                prop_assert_eq!(receipt.event_ids, uuids(&sent.event_ids));
             }
-            (0, Err(NotAReceipt::UnknownTier(tier))) => {
-                prop_assert_eq!(tier, sent.tier);
-                prop_assert!(!matches!(Tier::try_from(tier), Ok(t) if t != Tier::Unspecified));
-            }
+            (0, Err(NotAReceipt::Forged(_))) => prop_assert!(!agrees),
             (0, Err(other)) => prop_assert!(false, "a well-formed receipt refused: {other}"),
             (2, result) => prop_assert!(matches!(result, Err(NotAReceipt::OtherBody)), "{result:?}"),
-            (_, Ok((tier, _))) => prop_assert_ne!(tier, Tier::Unspecified),
+            (_, Ok(receipt)) => prop_assert_eq!(receipt.tier, receiver),
             (_, Err(_)) => {}
         }
     }
 
     #[test]
-    fn a_damaged_receipt_never_panics_and_names_a_known_tier_when_taken(
+    fn a_damaged_receipt_never_panics_and_confirms_only_as_its_subject_says(
         payload in receipt().prop_flat_map(|e| damaged(e.encode_to_vec())),
+        receiver in 1..4i32,
+        subject in prop_oneof![3 => Just(None), 1 => any::<String>().prop_map(Some)],
     ) {
-        match receipts::decode(&payload) {
-            Ok((tier, _)) => prop_assert_ne!(tier, Tier::Unspecified),
-            Err(NotAReceipt::UnknownTier(tier)) => {
-                prop_assert!(!matches!(Tier::try_from(tier), Ok(t) if t != Tier::Unspecified));
+        let (good, tier) = receipt_subject_of(receiver);
+        let subject = subject.unwrap_or(good.clone());
+        match receipts::decode(&subject, &payload) {
+            Ok(receipt) => {
+                prop_assert_eq!(&subject, &good);
+                prop_assert_eq!(receipt.tier, tier);
             }
-            Err(NotAReceipt::Undecodable(_) | NotAReceipt::OtherBody) => {}
+            Err(NotAReceipt::Subject) => prop_assert_ne!(&subject, &good),
+            Err(_) => {}
         }
     }
 

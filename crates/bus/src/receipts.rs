@@ -3,6 +3,11 @@
 //!
 //! Receipts travel on core NATS, best effort: one lost (the author down, a slow subscriber) costs
 //! nothing but time, because reconciliation later finds the event at the peer and confirms it.
+//!
+//! Who confirms, and for which community, is read off the subject, which NATS permissions bind to
+//! the sender's user (deploy/nats/README.md); the payload only repeats it. A receipt whose payload
+//! disagrees with its subject (a village confirming in the district's name) is refused and logged
+//! at error level, and confirms nothing.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,13 +17,13 @@ use async_nats::Client;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 use uuid::Uuid;
 use wangge_domain::{OrgCode, Scope};
 use wangge_proto as pb;
 use wangge_proto::Tier;
 
-use crate::{Error, receipt_filter, receipt_subject};
+use crate::{Error, receipt_filter, receipt_of_subject, receipt_subject};
 
 /// Most event ids in one receipt message.
 const MAX_IDS: usize = 1000;
@@ -85,7 +90,9 @@ impl ReceiptSender {
 }
 
 /// Takes the receipts for events `author` wrote in `scope` until `shutdown`; one instance of a tier
-/// scope (queue group `queue`) takes each. `confirm` gets the confirming tier and the event ids.
+/// scope (queue group `queue`) takes each. `confirm` gets the confirming tier, the community the
+/// receipt is for (both as its subject says) and the event ids; it must confirm only events of that
+/// community.
 pub async fn receive<F, Fut>(
     client: Client,
     author: Tier,
@@ -95,7 +102,7 @@ pub async fn receive<F, Fut>(
     shutdown: CancellationToken,
 ) -> Result<(), Error>
 where
-    F: Fn(Tier, Vec<Uuid>) -> Fut,
+    F: Fn(Tier, OrgCode, Vec<Uuid>) -> Fut,
     Fut: Future<Output = Result<u64, Error>>,
 {
     let filter = receipt_filter(author, &scope);
@@ -113,12 +120,22 @@ where
             return Err(Error::Nats("receipt subscription ended".into()));
         };
         // Whatever else has arrived is confirmed with it: one transaction per tier, not per message.
-        let mut by_tier: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
+        let mut by_tier: BTreeMap<(i32, OrgCode), Vec<Uuid>> = BTreeMap::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
-            match decode(message.payload.as_ref()) {
-                Ok((tier, ids)) => by_tier.entry(tier as i32).or_default().extend(ids),
+            match decode(&message.subject, &message.payload) {
+                Ok(Receipt {
+                    tier,
+                    community,
+                    event_ids,
+                }) => by_tier
+                    .entry((tier as i32, community))
+                    .or_default()
+                    .extend(event_ids),
+                Err(error @ NotAReceipt::Forged(_)) => {
+                    error!(subject = %message.subject, %error, "receipt disagrees with its subject, refused")
+                }
                 Err(error) => warn!(subject = %message.subject, %error, "not a receipt, ignored"),
             }
             taken += 1;
@@ -126,13 +143,13 @@ where
                 next = receipts.next().now_or_never().flatten();
             }
         }
-        for (tier, ids) in by_tier {
+        for ((tier, community), ids) in by_tier {
             let tier = Tier::try_from(tier).unwrap_or_default();
             // A database away for a moment should not cost the receipts: try a few times. After
             // that the outbox keeps the rows, and reconciliation confirms them later.
             let mut pause = Duration::from_millis(250);
             for attempt in 1..=5 {
-                match confirm(tier, ids.clone()).await {
+                match confirm(tier, community, ids.clone()).await {
                     Ok(gone) => {
                         debug!(?tier, gone, "receipts applied");
                         break;
@@ -154,20 +171,38 @@ where
 /// Most receipt messages confirmed together.
 const MAX_BATCH: usize = 512;
 
-/// Why a message on a receipt subject was ignored.
+/// A receipt, as its subject and payload agree on it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The confirming tier.
+    pub tier: Tier,
+    /// The community of the events confirmed.
+    pub community: OrgCode,
+    /// The ids it confirms; ids that are not UUIDs name no event of ours and are left out.
+    pub event_ids: Vec<Uuid>,
+}
+
+/// Why a message on a receipt subject confirms nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum NotAReceipt {
+    #[error("not a receipt subject")]
+    Subject,
     #[error("does not decode: {0}")]
     Undecodable(#[from] prost::DecodeError),
     #[error("an envelope without a receipt")]
     OtherBody,
-    #[error("from an unknown tier {0}")]
-    UnknownTier(i32),
+    /// A receipt whose payload claims another tier or scope than its subject: someone confirming
+    /// in another's name.
+    #[error("{0}")]
+    Forged(String),
 }
 
-/// The confirming tier and the event ids of a receipt message. Ids that are not UUIDs name no
-/// event of ours and are left out.
-pub fn decode(payload: &[u8]) -> Result<(Tier, Vec<Uuid>), NotAReceipt> {
+/// The receipt a message on `subject` carries, the confirming tier and the community taken from
+/// the subject.
+pub fn decode(subject: &str, payload: &[u8]) -> Result<Receipt, NotAReceipt> {
+    let Some((community, tier)) = receipt_of_subject(subject) else {
+        return Err(NotAReceipt::Subject);
+    };
     let receipt = match pb::Envelope::decode(payload)? {
         pb::Envelope {
             body: Some(pb::envelope::Body::Receipt(receipt)),
@@ -175,14 +210,97 @@ pub fn decode(payload: &[u8]) -> Result<(Tier, Vec<Uuid>), NotAReceipt> {
         } => receipt,
         _ => return Err(NotAReceipt::OtherBody),
     };
-    let tier = match Tier::try_from(receipt.tier) {
-        Ok(tier) if tier != Tier::Unspecified => tier,
-        _ => return Err(NotAReceipt::UnknownTier(receipt.tier)),
-    };
-    let ids = receipt
+    if receipt.tier != tier as i32 {
+        return Err(NotAReceipt::Forged(format!(
+            "the payload names tier {} but the subject {}",
+            receipt.tier, tier as i32
+        )));
+    }
+    if !community.as_str().starts_with(&receipt.org_prefix) {
+        return Err(NotAReceipt::Forged(format!(
+            "the payload names scope {:?}, which does not hold community {community}",
+            receipt.org_prefix
+        )));
+    }
+    let event_ids = receipt
         .event_ids
         .iter()
         .filter_map(|id| Uuid::parse_str(id).ok())
         .collect();
-    Ok((tier, ids))
+    Ok(Receipt {
+        tier,
+        community,
+        event_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(tier: Tier, org_prefix: &str, ids: &[Uuid]) -> Vec<u8> {
+        pb::Envelope {
+            event_id: String::new(),
+            trace: Default::default(),
+            body: Some(pb::envelope::Body::Receipt(pb::Receipt {
+                tier: tier as i32,
+                org_prefix: org_prefix.into(),
+                event_ids: ids.iter().map(Uuid::to_string).collect(),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn the_confirming_tier_and_community_are_the_subjects() {
+        let id = Uuid::now_v7();
+        let community: OrgCode = "350205002006".parse().unwrap();
+        let subject = receipt_subject(Tier::Village, &community, Tier::District);
+        assert_eq!(subject, "wg.receipt.village.350205.002.006.district");
+        assert_eq!(
+            decode(&subject, &receipt(Tier::District, "350205", &[id])).unwrap(),
+            Receipt {
+                tier: Tier::District,
+                community,
+                event_ids: vec![id],
+            }
+        );
+    }
+
+    #[test]
+    fn a_receipt_in_another_tiers_or_scopes_name_is_refused() {
+        let id = Uuid::now_v7();
+        // A village (its user may publish only `...village`) confirming as the district.
+        let as_village = "wg.receipt.street.350205.002.006.village";
+        assert!(matches!(
+            decode(as_village, &receipt(Tier::District, "350205", &[id])),
+            Err(NotAReceipt::Forged(_))
+        ));
+        // A street scope naming a community outside it.
+        let other_street = "wg.receipt.village.350205.003.001.street";
+        assert!(matches!(
+            decode(other_street, &receipt(Tier::Street, "350205002", &[id])),
+            Err(NotAReceipt::Forged(_))
+        ));
+    }
+
+    #[test]
+    fn what_is_no_receipt_is_ignored() {
+        let good = receipt(Tier::Street, "350205002", &[]);
+        for (subject, payload) in [
+            ("wg.receipt.village.350205.002.006", good.clone()),
+            ("wg.receipt.village.350205.002.006.mayor", good.clone()),
+            ("wg.receipt.village.350205.002.006.street.x", good.clone()),
+            ("wg.receipt.village.350205002006.x.y.street", good.clone()),
+            ("wg.receipt.village.350205.002.006.street", b"\xff".to_vec()),
+        ] {
+            assert!(
+                matches!(
+                    decode(subject, &payload),
+                    Err(NotAReceipt::Subject | NotAReceipt::Undecodable(_))
+                ),
+                "{subject}"
+            );
+        }
+    }
 }

@@ -255,19 +255,22 @@ pub async fn set_aside(conn: &mut PgConnection, event_id: Uuid, reason: &str) ->
     Ok(())
 }
 
-/// A peer tier confirmed it holds these events; returns how many rows left the outbox.
+/// A peer tier confirmed it holds these events; returns how many rows left the outbox. Only rows
+/// whose subject starts with `within` (the confirmed community's case subjects) are confirmed: a
+/// peer may confirm only for the scope its receipt's subject names.
 ///
 /// One statement (the receipts of every report come here, twice): a row this confirmation
 /// leaves with no peer pending is deleted, if the relay has recorded its send, without being
 /// updated first; the others lose `tier` from their pending peers. The rows are locked first, so a
 /// concurrent receipt of the other peer or the relay's bookkeeping is seen as it committed.
-pub async fn confirm(pool: &PgPool, tier: &str, event_ids: &[Uuid]) -> Result<u64> {
+pub async fn confirm(pool: &PgPool, tier: &str, within: &str, event_ids: &[Uuid]) -> Result<u64> {
     let gone: i64 = sqlx::query_scalar(
         "WITH confirmed AS (
             SELECT event_id, array_remove(pending_tiers, $2) AS pending,
                    published_at IS NOT NULL AS published
             FROM outbox
             WHERE event_id = ANY($1) AND ($2 = ANY(pending_tiers) OR cardinality(pending_tiers) = 0)
+              AND starts_with(subject, $3)
             FOR UPDATE
          ), gone AS (
             DELETE FROM outbox o USING confirmed c
@@ -282,6 +285,7 @@ pub async fn confirm(pool: &PgPool, tier: &str, event_ids: &[Uuid]) -> Result<u6
     )
     .bind(event_ids)
     .bind(tier)
+    .bind(within)
     .persistent(false)
     .fetch_one(pool)
     .await?;

@@ -28,6 +28,22 @@ pub async fn claim_inbox_many(conn: &mut PgConnection, event_ids: &[Uuid]) -> Re
     Ok(done.rows_affected())
 }
 
+/// Where this tier holds the events with these ids, by id: the case and the place in it.
+pub async fn held_where(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, (Uuid, i64)>> {
+    let rows: Vec<(Uuid, Uuid, i64)> =
+        sqlx::query_as("SELECT event_id, case_id, seq FROM case_events WHERE event_id = ANY($1)")
+            .bind(event_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_id, case_id, seq)| (event_id, (case_id, seq)))
+        .collect())
+}
+
 /// Removes inbox entries applied more than `older_than` ago; returns how many.
 pub async fn prune_inbox(pool: &PgPool, older_than: Duration) -> Result<u64> {
     let done =

@@ -1,10 +1,11 @@
 //! Reconciliation: the tiers compare what they hold and repair any gap from the PostgreSQL of a peer
 //! that holds the events (the author always does), without a restart.
 //!
-//! - **Scheduled and after every reconnect**, per peer tier and per community of the scope: a digest
-//!   of the cases last changed per day (count and a hash of `case:version`) in a window. Days that
-//!   differ are compared case by case (marks); where the peer is ahead, its events are fetched and
-//!   applied here. The peer's marks also confirm this tier's outbox rows the peer holds (a receipt
+//! - **Scheduled and after every reconnect** (of the tier's NATS connection, or of its consumer to
+//!   JetStream after a cut, as when a leaf node's link returns), per peer tier and per community of
+//!   the scope: a digest of the cases last changed per day (count and a hash of `case:version`) in
+//!   a window. Days that differ are compared case by case (marks); where the peer is ahead, its
+//!   events are fetched and applied here. The peer's marks also confirm this tier's outbox rows the peer holds (a receipt
 //!   that got lost). Each tier does this against every peer, so each repairs its own side.
 //! - **On a gap**: a parked event makes the replicator ask for its case; the missing events are
 //!   fetched from the event's author first, then from the other peers.
@@ -94,7 +95,9 @@ pub struct Reconciler {
     pub report: Arc<Mutex<Report>>,
     /// Cases stuck at a gap, from the replicator.
     pub repairs: Arc<tokio::sync::Mutex<mpsc::Receiver<Repair>>>,
-    /// Notified when the NATS connection is (re)established.
+    /// Notified when the NATS connection is (re)established, and when the consumer opens again
+    /// after it was cut off from JetStream for a few seconds (a leaf link back, which no reconnect
+    /// of this tier's own connection tells).
     pub reconnected: Arc<Notify>,
 }
 

@@ -13,9 +13,11 @@
 //! Events whose author could not have sent them on their subject (a village writing for another
 //! community) are kept as dead letters, never applied.
 //!
-//! Poison isolation: a database that is away makes the whole batch come again later; any other
-//! failure (a refused event, a constraint, even a panic) makes the batch be applied again one message
-//! at a time, and only the failing message is set aside as a dead letter.
+//! Poison isolation: a database that is away makes the whole batch come again later; a transaction
+//! that lost a race is tried again at once, a few times; any other failure (a refused event, a
+//! constraint, an event id another event holds, even a panic) makes the batch be applied again one
+//! message at a time, and only the failing message is set aside as a dead letter. A message that
+//! keeps losing races on its own is set aside too, after [`MAX_DELIVERIES`] deliveries.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -55,8 +57,12 @@ pub struct Repair {
 /// Why applying failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// The database is away (or the transaction lost a race): try the same again later.
+    /// The database is away: try the same again later, for as long as it is.
     Unavailable(String),
+    /// The transaction lost a race (another lane applied an event meanwhile, a serialization
+    /// failure or a deadlock) or a statement was cancelled: another try will likely do, but a
+    /// message that keeps failing this way is set aside after a bounded number of tries.
+    Transient(String),
     /// Something about the message: it must not hold up the others.
     Message(String),
 }
@@ -65,6 +71,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Unavailable(e) => write!(f, "database unavailable: {e}"),
+            Failure::Transient(e) => write!(f, "transaction lost a race: {e}"),
             Failure::Message(e) => f.write_str(e),
         }
     }
@@ -73,14 +80,29 @@ impl std::fmt::Display for Failure {
 impl From<wangge_store::Error> for Failure {
     fn from(e: wangge_store::Error) -> Failure {
         match e.class() {
-            // A lost race (two lanes or instances locking the same cases) is tried again too.
-            wangge_store::Class::Unavailable | wangge_store::Class::Contention => {
-                Failure::Unavailable(e.to_string())
+            // A cancelled statement may be a statement timeout that this very batch runs into
+            // every time: tried again, but not forever.
+            wangge_store::Class::Unavailable if e.sqlstate().as_deref() == Some(QUERY_CANCELED) => {
+                Failure::Transient(e.to_string())
             }
+            wangge_store::Class::Unavailable => Failure::Unavailable(e.to_string()),
+            // Two lanes or instances locking the same cases.
+            wangge_store::Class::Contention => Failure::Transient(e.to_string()),
             wangge_store::Class::Permanent => Failure::Message(e.to_string()),
         }
     }
 }
+
+/// SQLSTATE query_canceled: a statement timeout, or an operator's `pg_cancel_backend`.
+const QUERY_CANCELED: &str = "57014";
+
+/// How often a transaction that lost a race is tried again at once, before the batch is applied
+/// one message at a time (or the message alone is let go, to come again).
+const TRIES_AT_ONCE: usize = 3;
+
+/// A message that still loses races on its own after this many deliveries is set aside: nothing
+/// but a database that is away holds a message back without bound.
+pub const MAX_DELIVERIES: i64 = 5;
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Failure {
@@ -152,8 +174,12 @@ impl Batch {
     }
 
     /// Writes what was applied: the inbox keys first, so that of two lanes applying the same new
-    /// case at once one waits and then finds the key taken (a lost race: the batch comes again
-    /// and finds the case held).
+    /// case at once one waits and then finds the key taken.
+    ///
+    /// A key found taken is looked up: held by this very event (same case, same place), the other
+    /// lane won the race, and the batch tried again finds the case held ([`Failure::Transient`]).
+    /// Held by another event, or used twice in the batch, the id was reused or forged: that
+    /// message can never be applied, and only it must fail ([`Failure::Message`]).
     async fn write(&mut self, tx: &mut PgConnection) -> Result<(), Failure> {
         if self.applied.is_empty() {
             return Ok(());
@@ -163,17 +189,57 @@ impl Batch {
             .iter()
             .filter_map(|(_, event)| Uuid::parse_str(&event.event_id).ok())
             .collect();
+        let mut seen = HashSet::with_capacity(keys.len());
+        if let Some(twice) = keys.iter().find(|key| !seen.insert(**key)) {
+            return Err(Failure::Message(format!(
+                "event id {twice} is used by two different events"
+            )));
+        }
         let claimed = replication::claim_inbox_many(tx, &keys).await?;
         if claimed != keys.len() as u64 {
-            return Err(Failure::Unavailable(format!(
-                "{} of {} events were applied meanwhile by another consumer",
-                keys.len() as u64 - claimed,
-                keys.len()
-            )));
+            return Err(self.taken(tx, &keys).await);
         }
         cases::append_many(tx, &self.applied, &[]).await?;
         self.applied.clear();
         Ok(())
+    }
+
+    /// Why some of `keys` were found taken in the inbox.
+    async fn taken(&self, tx: &mut PgConnection, keys: &[Uuid]) -> Failure {
+        let holders = match replication::held_where(tx, keys).await {
+            Ok(holders) => holders,
+            Err(error) => return Failure::from(error),
+        };
+        let mut raced = 0;
+        for (_, event) in &self.applied {
+            let Ok(id) = Uuid::parse_str(&event.event_id) else {
+                continue;
+            };
+            match holders.get(&id) {
+                Some((case_id, seq))
+                    if case_id.to_string() == event.case_id && *seq == event.seq as i64 =>
+                {
+                    raced += 1;
+                }
+                Some((case_id, seq)) => {
+                    return Failure::Message(format!(
+                        "event id {id} is used by two different events: case {} seq {} arrived, \
+                         case {case_id} seq {seq} is held",
+                        event.case_id, event.seq
+                    ));
+                }
+                None => {}
+            }
+        }
+        if raced == 0 {
+            return Failure::Message(
+                "an event id of the batch is taken in the inbox by no event held here".to_owned(),
+            );
+        }
+        Failure::Transient(format!(
+            "{raced} of {} events were applied meanwhile by another consumer",
+            keys.len()
+        ))
     }
 }
 
@@ -216,7 +282,7 @@ impl Replicator {
     /// Applies a batch of bus messages: in one transaction when all goes well (one commit, one
     /// fsync, for the lot), else one by one.
     pub async fn apply_batch(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
-        match self.in_one_transaction(messages).await {
+        match self.tried_at_once(messages).await {
             Ok(effects) => {
                 self.make_known(effects).await;
                 vec![Disposition::Done; messages.len()]
@@ -225,9 +291,23 @@ impl Replicator {
                 warn!(%error, batch = messages.len(), "database unavailable, the batch comes again");
                 vec![Disposition::Retry(Duration::from_secs(1)); messages.len()]
             }
-            Err(Failure::Message(error)) => {
+            Err(error @ (Failure::Message(_) | Failure::Transient(_))) => {
                 warn!(%error, batch = messages.len(), "a message of the batch failed, applying one by one");
                 self.one_by_one(messages).await
+            }
+        }
+    }
+
+    /// [`Self::in_one_transaction`], tried again at once while it loses races, a few times.
+    async fn tried_at_once(&self, messages: &[Message<'_>]) -> Result<Effects, Failure> {
+        let mut tries = 1;
+        loop {
+            match self.in_one_transaction(messages).await {
+                Err(Failure::Transient(error)) if tries < TRIES_AT_ONCE => {
+                    debug!(%error, tries, "transaction lost a race, tried again");
+                    tries += 1;
+                }
+                outcome => return outcome,
             }
         }
     }
@@ -266,32 +346,43 @@ impl Replicator {
     async fn one_by_one(&self, messages: &[Message<'_>]) -> Vec<Disposition> {
         let mut dispositions = Vec::with_capacity(messages.len());
         for message in messages {
-            let disposition = match self.in_one_transaction(std::slice::from_ref(message)).await {
+            let failed = match self.tried_at_once(std::slice::from_ref(message)).await {
                 Ok(effects) => {
                     self.make_known(effects).await;
-                    Disposition::Done
+                    None
                 }
                 Err(Failure::Unavailable(error)) => {
                     warn!(%error, "database unavailable, the rest of the batch comes again");
-                    Disposition::Retry(Duration::from_secs(1))
+                    break;
                 }
-                Err(Failure::Message(reason)) => match self.set_aside_alone(message, &reason).await
-                {
+                // Only this message comes again (the others go on; what follows it in its case
+                // waits in the park), and not without bound.
+                Err(Failure::Transient(error)) if message.delivered < MAX_DELIVERIES => {
+                    warn!(%error, subject = message.subject, delivered = message.delivered, "message lost its races, it comes again");
+                    dispositions.push(Disposition::Retry(Duration::from_secs(1)));
+                    continue;
+                }
+                Err(Failure::Transient(error)) => Some(format!(
+                    "still failing after {} deliveries: {error}",
+                    message.delivered
+                )),
+                Err(Failure::Message(reason)) => Some(reason),
+            };
+            let disposition = match failed {
+                None => Disposition::Done,
+                Some(reason) => match self.set_aside_alone(message, &reason).await {
                     Ok(effects) => {
                         self.make_known(effects).await;
                         Disposition::Done
                     }
                     Err(error) => {
                         warn!(%error, "could not keep the failing message, it comes again");
-                        Disposition::Retry(Duration::from_secs(1))
+                        dispositions.push(Disposition::Retry(Duration::from_secs(1)));
+                        break;
                     }
                 },
             };
-            let give_up = matches!(disposition, Disposition::Retry(_));
             dispositions.push(disposition);
-            if give_up {
-                break;
-            }
         }
         let rest = messages.len() - dispositions.len();
         dispositions.extend(std::iter::repeat_n(
@@ -341,7 +432,7 @@ impl Replicator {
         effects: &mut Effects,
     ) -> Result<(), Failure> {
         let (subject, payload) = (message.subject, message.payload);
-        if message.delivered > 5 {
+        if message.delivered > MAX_DELIVERIES {
             warn!(
                 subject,
                 delivered = message.delivered,

@@ -366,8 +366,11 @@ fn spawn_background(
     {
         let (js, durable, replicator) = (js.clone(), durable.clone(), replicator.clone());
         let filter = wangge_bus::scope_filter(&scope);
+        // A consumer back after a cut (a leaf link that returned) is a reconnect too.
+        let resumed = reconnected.clone();
         supervisor.spawn("consumer", move |stop| {
-            let consumer = Consumer::new(js.clone(), durable.clone(), filter.clone());
+            let consumer = Consumer::new(js.clone(), durable.clone(), filter.clone())
+                .notify_resumed(resumed.clone());
             let handler = replicate::Consuming(replicator.clone());
             async move {
                 consumer.run(handler, stop).await;
@@ -385,11 +388,13 @@ fn spawn_background(
                 tier,
                 scope,
                 durable.clone(),
-                move |peer, ids| {
+                move |peer, community, ids| {
                     let (pool, relay) = (pool.clone(), relay.clone());
                     async move {
+                        let within = wangge_bus::community_subject_prefix(&community);
                         let gone =
-                            wangge_store::outbox::confirm(&pool, tier_name(peer), &ids).await?;
+                            wangge_store::outbox::confirm(&pool, tier_name(peer), &within, &ids)
+                                .await?;
                         // Room in the window of events on their way: the relay may send more.
                         relay.wake();
                         Ok(gone)
