@@ -181,6 +181,7 @@ fn table(case_id: &str, other_case_id: &str) -> Vec<Row> {
             Street,
             pb::ListAssignedRequest {
                 department_code: DEPARTMENT.to_owned(),
+                ..Default::default()
             },
             &["department_handler"],
         ),

@@ -230,6 +230,7 @@ async fn a_report_travels_the_whole_loop_and_every_tier_holds_the_same_history()
             &handler_id,
             pb::ListAssignedRequest {
                 department_code: department.clone(),
+                ..Default::default()
             },
         ))
         .await

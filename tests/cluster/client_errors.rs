@@ -339,6 +339,7 @@ async fn every_service_refuses_bad_text_and_structured_fields_by_name() {
                 "dh-350205002-cgzd",
                 pb::ListAssignedRequest {
                     department_code: String::new(),
+                    ..Default::default()
                 },
             ))
             .await,

@@ -1,12 +1,16 @@
-//! Intake: a report comes back with the open cases of its category reported near it shortly
-//! before (疑似重复), nearest first, and every tier holds them with the case, so the center sees
-//! them in its console.
+//! Intake: a report comes back with the open cases of its category reported near it within the
+//! window (疑似重复, 50 m and 72 h by default), nearest first, and every tier holds them with the
+//! case, so the center sees them in its console.
 
+use chrono::Duration as Span;
 use wangge_proto as pb;
 use wangge_proto::Tier;
 use wangge_tests::Cluster;
-use wangge_tests::cluster::{FieldClient, as_actor};
+use wangge_tests::cluster::{
+    DISTRICT_SCOPE, FieldClient, STREET_SCOPE, Topology, VILLAGE_SCOPE, as_actor,
+};
 use wangge_tests::fixtures::*;
+use wangge_tier::time::ShiftedTime;
 
 async fn report_at(field: &FieldClient, grid: &str, category: &str) -> pb::Case {
     let mut request = report(&client_id(), grid);
@@ -146,5 +150,45 @@ async fn reports_sent_at_once_each_get_a_case_and_the_next_number_of_their_commu
     for case in &taken {
         clients.converged(&case.id, 1).await;
     }
+    cluster.stop().await;
+}
+
+/// The window of 疑似重复: an open case reported just inside it (72 hours by default) before a new
+/// report of the same category at the same place is a candidate; one reported just outside it is
+/// not, though still open. Every tier reads one clock the test moves forward.
+#[tokio::test]
+async fn only_open_cases_reported_within_the_window_are_candidates() {
+    let time = ShiftedTime::new();
+    let clock = time.clone();
+    let cluster = Cluster::start_configured(
+        Topology::from_env(),
+        [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
+        move |config| config.clock.time = Some(clock.clone()),
+    )
+    .await;
+    let clients = cluster.clients().await;
+    let field = clients.field();
+    let window = i64::from(cluster.village.config.intake.duplicate_window_hours);
+    assert_eq!(window, 72, "the default window");
+
+    let old = report_at(&field, GRID, CATEGORY).await;
+    // An hour short of the window: still a candidate.
+    time.advance(Span::hours(window - 1));
+    let inside = report_at(&field, GRID, CATEGORY).await;
+    assert_eq!(candidates(&inside), vec![(old.id.as_str(), 0)]);
+    // Two hours on, the first lies an hour beyond the window: only the second is a candidate.
+    time.advance(Span::hours(2));
+    let later = report_at(&field, GRID, CATEGORY).await;
+    assert_eq!(candidates(&later), vec![(inside.id.as_str(), 0)]);
+    // Left out for its age alone: the first is still open.
+    let first = clients
+        .cases(Tier::Village)
+        .get_case(pb::GetCaseRequest {
+            case_id: old.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.state(), pb::CaseState::Reported);
     cluster.stop().await;
 }

@@ -161,6 +161,10 @@ impl TierHandle {
 
     /// Kills the tier as a crash would: its task is aborted mid-work, no shutdown runs (open
     /// transactions roll back when their connections drop). `resume` starts it again.
+    ///
+    /// Only the task of `run` (the gRPC server) dies: the background tasks the tier spawned (relay,
+    /// consumer, 督办 scan, reconciler) are tasks of their own and keep running. A test of what a
+    /// dead instance no longer does runs the tier's binary ([`crate::process::TierProcess`]).
     pub async fn kill(&mut self) {
         self.stop.take();
         if let Some(task) = self.task.take() {

@@ -847,7 +847,12 @@ async fn assigned(
     Ok(departments
         .list_assigned(authorized(
             token,
-            pb::ListAssignedRequest { department_code },
+            // The largest page: the whole open work of a department, as before pages.
+            pb::ListAssignedRequest {
+                department_code,
+                page_size: 500,
+                ..Default::default()
+            },
         ))
         .await?
         .into_inner()

@@ -542,6 +542,10 @@ impl pb::department_service_server::DepartmentService for Departments {
         let grant = authorize(caller(&request)?, Right::Handle, self.0.engine.tier())?;
         let code = validate::code("department_code", &request.get_ref().department_code)?;
         grant.check_department(&code)?;
+        let page = crate::worklist::Page::parse(
+            request.get_ref().page_size,
+            &request.get_ref().page_token,
+        )?;
         let department = self.department(&code).await?;
         let engine = &self.0.engine;
         let filter = cases::Filter {
@@ -554,17 +558,20 @@ impl pb::department_service_server::DepartmentService for Departments {
             ],
             grid_prefixes: vec![engine.scope().prefix().to_owned()],
             department: Some(department.code),
-            limit: 1000,
             ..Default::default()
         };
-        let mut cases: Vec<pb::Case> = cases::list(engine.pool(), &filter)
-            .await
-            .map_err(Error::from)?
+        // The order holds over all the department's open work, so all of it is read.
+        let mut cases: Vec<pb::Case> = crate::worklist::read_all(engine.pool(), filter)
+            .await?
             .into_iter()
             .map(|case| engine.with_clocks(case))
             .collect();
         by_urgency_then_time_left(&mut cases);
-        Ok(Response::new(pb::ListAssignedResponse { cases }))
+        let (cases, next_page_token) = page.cut(cases);
+        Ok(Response::new(pb::ListAssignedResponse {
+            cases,
+            next_page_token,
+        }))
     }
 
     async fn sign_case(

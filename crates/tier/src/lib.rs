@@ -30,6 +30,7 @@ pub mod time;
 pub mod tls;
 pub mod validate;
 pub mod watch;
+pub mod worklist;
 
 use std::sync::Arc;
 
@@ -53,6 +54,9 @@ pub struct Shared {
     pub authenticate: authn::Authenticate,
     /// The largest request message a call may send.
     pub max_request_bytes: usize,
+    /// How often a watch looks again at the lights of the open cases it has sent (the 督办 scan's
+    /// interval: a light change reaches a console about when its 督办 would).
+    pub lights_every: std::time::Duration,
 }
 
 impl Shared {

@@ -134,6 +134,7 @@ where
     let shared = Shared {
         authenticate: authenticate(&config.auth)?,
         max_request_bytes: config.auth.max_request_bytes,
+        lights_every: Duration::from_secs(config.clock.supervise_every_secs.max(1)),
         engine,
         stopping: CancellationToken::new(),
         ops: Arc::new(admin::Operations {

@@ -9,6 +9,7 @@ use wangge_tier::policy::{Grant, Right, authorize, caller};
 use wangge_tier::request::{CaseAction, CheckResult, NewReport, NoteKind, VerificationAnswer};
 use wangge_tier::validate::prefixes_in_scope;
 use wangge_tier::watch::{UpdateStream, by_urgency_then_time_left, snapshot, watch};
+use wangge_tier::worklist::read_all;
 use wangge_tier::{Error, Shared};
 
 /// `wangge.v1.FieldAppService`.
@@ -48,6 +49,8 @@ impl FieldApp {
         Ok(prefixes)
     }
 
+    /// The caller's tasks, most urgent first, then least time left: the order holds over all of
+    /// them (a grid worker's pending checks and verifications are few), so all are read.
     async fn tasks(&self, prefixes: &[String]) -> Result<Vec<pb::Case>, Error> {
         let mut tasks = Vec::new();
         for prefix in prefixes {
@@ -55,10 +58,9 @@ impl FieldApp {
                 grid_prefixes: vec![prefix.clone()],
                 states: vec!["checking".into(), "verifying".into()],
                 pending_check: true,
-                limit: 1000,
                 ..Default::default()
             };
-            tasks.extend(cases::list(self.0.engine.pool(), &filter).await?);
+            tasks.extend(read_all(self.0.engine.pool(), filter).await?);
         }
         let engine = &self.0.engine;
         let mut tasks: Vec<pb::Case> = tasks.into_iter().map(|c| engine.with_clocks(c)).collect();
