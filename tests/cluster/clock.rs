@@ -5,7 +5,6 @@
 //! the district's live watches show the lights changing, with or without an event; an approved
 //! extension adds to the limit; a hung case's clock stops; work lists come most urgent first.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Datelike, Duration as Span, TimeZone, Utc, Weekday};
@@ -14,7 +13,7 @@ use tonic::Code;
 use wangge_proto as pb;
 use wangge_proto::Tier;
 use wangge_tests::cluster::TierHandle;
-use wangge_tests::cluster::{Topology, as_actor};
+use wangge_tests::cluster::as_actor;
 use wangge_tests::db::TestDb;
 use wangge_tests::fixtures::*;
 use wangge_tests::nats::NatsServer;
@@ -25,29 +24,6 @@ use wangge_tier::time::{ShiftedTime, TimeSource as _};
 const DEPARTMENT: &str = "350205002-cgzd";
 const HANDLER: &str = "dh-350205002-cgzd";
 const LEADER: &str = "ld-350205002000";
-
-/// A cluster whose tiers all read `time` and scan for due 督办 every second.
-async fn cluster_on(time: &Arc<ShiftedTime>) -> Cluster {
-    cluster_scanning_every(time, 1).await
-}
-
-/// A cluster whose tiers all read `time` and scan for due 督办 every `secs` seconds.
-async fn cluster_scanning_every(time: &Arc<ShiftedTime>, secs: u64) -> Cluster {
-    let time = time.clone();
-    Cluster::start_configured(
-        Topology::from_env(),
-        [
-            wangge_tests::cluster::VILLAGE_SCOPE,
-            wangge_tests::cluster::STREET_SCOPE,
-            wangge_tests::cluster::DISTRICT_SCOPE,
-        ],
-        move |config| {
-            config.clock.time = Some(time.clone());
-            config.clock.supervise_every_secs = secs;
-        },
-    )
-    .await
-}
 
 /// Moves `time` to 09:00 China time of the next Monday, the start of an ordinary working week.
 fn to_next_monday_morning(time: &ShiftedTime) {
@@ -166,7 +142,7 @@ async fn accept_dispatch_sign(clients: &TierClients, case: &pb::Case) -> pb::Cas
 async fn lights_turn_yellow_then_red_and_raise_one_supervision_each_that_the_console_sees() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let mut watch = clients
         .street_console()
@@ -319,7 +295,7 @@ fn case_clock(case: &pb::Case) -> pb::ClockStanding {
 async fn the_districts_watch_shows_a_street_case_turning_yellow_then_red() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let mut watch = clients
         .district_console()
@@ -363,7 +339,7 @@ async fn the_districts_watch_shows_a_street_case_turning_yellow_then_red() {
 async fn a_watch_is_sent_a_light_that_changes_without_an_event() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let mut watch = clients
         .street_console()
@@ -415,7 +391,7 @@ async fn a_watch_is_sent_a_light_that_changes_without_an_event() {
 async fn an_extension_adds_to_the_limit_and_a_hung_case_stops_its_clock() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let mut console = clients.street_console();
     let mut handler = clients.street_departments();
@@ -770,7 +746,7 @@ async fn a_tier_on_the_machines_clock_refuses_to_move_it() {
 async fn work_lists_come_most_urgent_first_then_least_time_left() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let report = |category: &str, urgency: pb::Urgency| {
         let mut request = report(&client_id(), GRID);
@@ -859,7 +835,7 @@ async fn a_departments_work_list_is_ordered_over_all_its_open_cases_then_cut_int
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
     // Scans of a thousand cases every second would only slow the test down.
-    let cluster = cluster_scanning_every(&time, 30).await;
+    let cluster = Cluster::start_on_time_scanning_every(&time, 30).await;
     let clients = cluster.clients().await;
     // More open cases than a work list used to read (the first 1 000 by id, then ordered): a
     // thousand waiting to be signed for (1 working day), then, reported last, a 道路不洁 signed
@@ -966,7 +942,7 @@ async fn a_departments_work_list_is_ordered_over_all_its_open_cases_then_cut_int
 async fn the_field_apps_tasks_come_most_urgent_first_then_least_time_left() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     // 受理 takes 20 minutes, 突发事件 (自来水管破裂) 5. Each case goes back to the grid worker for a
     // field check (核实) while its clock runs.
@@ -1034,7 +1010,7 @@ async fn the_field_apps_tasks_come_most_urgent_first_then_least_time_left() {
 async fn reseeded_limits_apply_after_a_reload_without_a_restart() {
     let time = ShiftedTime::new();
     to_next_monday_morning(&time);
-    let cluster = cluster_on(&time).await;
+    let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
     let case = report_case(&clients, GRID).await;
     clients.converged(&case.id, 1).await;

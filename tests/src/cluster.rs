@@ -285,13 +285,21 @@ impl Cluster {
     /// The usual three tiers, all reading the virtual `time` the test moves forward (days of
     /// deadlines in milliseconds), and scanning for due 督办 every second.
     pub async fn start_on_time(time: &std::sync::Arc<wangge_tier::time::ShiftedTime>) -> Cluster {
+        Cluster::start_on_time_scanning_every(time, 1).await
+    }
+
+    /// Like [`Self::start_on_time`], scanning for due 督办 every `secs` seconds.
+    pub async fn start_on_time_scanning_every(
+        time: &std::sync::Arc<wangge_tier::time::ShiftedTime>,
+        secs: u64,
+    ) -> Cluster {
         let time = time.clone();
         Cluster::start_configured(
             Topology::from_env(),
             [VILLAGE_SCOPE, STREET_SCOPE, DISTRICT_SCOPE],
             move |config| {
                 config.clock.time = Some(time.clone());
-                config.clock.supervise_every_secs = 1;
+                config.clock.supervise_every_secs = secs;
             },
         )
         .await
