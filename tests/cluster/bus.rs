@@ -611,6 +611,39 @@ async fn a_step_whose_event_could_not_travel_is_refused_before_anything_is_store
 }
 
 #[tokio::test]
+async fn a_tier_refuses_a_step_whose_event_its_nats_server_would_not_carry() {
+    // Configured for NATS's default 1 MiB; the server carries 4 KiB. The tier connects in the
+    // background, so the limit must follow what the server announced, not what was known at start.
+    wangge_tests::init_logs();
+    let nats = NatsServer::start_with_max_payload(4096).await;
+    let db = TestDb::seeded("village").await;
+    let village = TierHandle::start(Tier::Village, VILLAGE_SCOPE, &nats.url(), db).await;
+    let channel = village.channel().await;
+    // The tier made the stream: it is connected and has the server's INFO.
+    nats.case_stream().await;
+    let mut field = pb::field_app_service_client::FieldAppServiceClient::new(channel.clone());
+    let mut request = report(&client_id(), GRID);
+    // About 4.5 KB: within the validators' bounds, beyond what this server carries.
+    request.description = "路边暴露垃圾".repeat(250);
+    let status = field
+        .report_case(as_actor(GRID_WORKER, request))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("description:")
+            && status.message().contains("above the 3072 bytes"),
+        "{status:?}"
+    );
+    let after = tier_status(&channel).await;
+    assert_eq!((after.cases, after.outbox_depth), (0, 0), "nothing stored");
+    field
+        .report_case(as_actor(GRID_WORKER, report(&client_id(), GRID)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_stream_deleted_under_the_tiers_is_made_again() {
     let cluster = Cluster::start().await;
     let clients = cluster.clients().await;

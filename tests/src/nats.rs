@@ -168,6 +168,28 @@ impl NatsServer {
         .await
     }
 
+    /// Like [`Self::start`], carrying at most `max_payload` bytes in one message (nats-server's
+    /// default is 1 MiB; it has no flag for it, so the server runs from a file of its own).
+    pub async fn start_with_max_payload(max_payload: usize) -> NatsServer {
+        NatsServer::launch(|home| {
+            let port = free_port();
+            let file = home.join("limited.conf");
+            let config = format!(
+                "listen: 127.0.0.1:{port}\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 max_payload: {max_payload}\n",
+                store = home.join("store"),
+            );
+            std::fs::write(&file, config).unwrap();
+            Launch {
+                port,
+                args: vec![OsString::from("-c"), file.into()],
+                env: Vec::new(),
+            }
+        })
+        .await
+    }
+
     /// A server run from `file` in `deploy/nats/`, configured through the environment variables
     /// the file names (`WANGGE_NATS_*`). The configuration files are copied into the server's
     /// home, where `users` (a file name and the `gen-users` arguments) replace the shipped users

@@ -44,7 +44,7 @@ pub struct Engine {
     /// The tiers that must confirm each event this tier writes.
     peers: Vec<pb::Tier>,
     /// The largest event that can travel.
-    max_event_bytes: usize,
+    max_event_bytes: EventLimit,
     /// What a new report is checked against for duplicates.
     intake: IntakeConfig,
     /// Where the engine reads the time (injected: tests and the demo move it).
@@ -118,7 +118,7 @@ impl Engine {
         grids: GridIndex,
         relay: RelayHandle,
         peers: Vec<pb::Tier>,
-        max_event_bytes: usize,
+        max_event_bytes: EventLimit,
     ) -> Engine {
         let (updates, _) = broadcast::channel(4096);
         Engine {
@@ -631,8 +631,9 @@ impl Engine {
             body: Some(pb::envelope::Body::CaseEvent(event.clone())),
         };
         let body = envelope.encode_to_vec();
-        if body.len() > self.max_event_bytes {
-            return Err(too_large(&event, body.len(), self.max_event_bytes));
+        let limit = self.max_event_bytes.bytes();
+        if body.len() > limit {
+            return Err(too_large(&event, body.len(), limit));
         }
         Ok(Sealed {
             after,
@@ -769,6 +770,33 @@ struct Sealed {
 fn set_number(event: &mut pb::CaseEvent, number: String) {
     if let Some(Kind::Reported(reported)) = &mut event.kind {
         reported.number = number;
+    }
+}
+
+/// Room for the headers and the subject next to an event in a NATS message.
+const MESSAGE_OVERHEAD: usize = 1024;
+
+/// The largest encoded event a step may produce: the configured bound (`delivery.max_event_bytes`),
+/// lowered to the max payload the NATS server announced, less room for headers. Read on every
+/// step, not once at start: a tier connects to NATS in the background (before the server's INFO
+/// arrives the client assumes NATS's default of 1 MiB), and a server may come back, or another
+/// of a cluster answer, with a lower limit.
+#[derive(Debug, Clone)]
+pub struct EventLimit {
+    configured: usize,
+    client: async_nats::Client,
+}
+
+impl EventLimit {
+    /// `configured`, or less when the server `client` is connected to announces less.
+    pub fn following(configured: usize, client: async_nats::Client) -> EventLimit {
+        EventLimit { configured, client }
+    }
+
+    /// The limit now.
+    pub fn bytes(&self) -> usize {
+        let carried = self.client.max_payload().saturating_sub(MESSAGE_OVERHEAD);
+        self.configured.min(carried)
     }
 }
 

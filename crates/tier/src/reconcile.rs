@@ -29,7 +29,7 @@ use wangge_domain::case::tier_name;
 use wangge_proto as pb;
 use wangge_store::{outbox, sync};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EventLimit};
 use crate::replicate::{Repair, Replicator};
 
 /// How reconciliation paces itself.
@@ -518,7 +518,7 @@ pub(crate) fn events_of(request: &pb::EventsRequest) -> Result<Uuid, String> {
 pub struct Answers {
     pub engine: Arc<Engine>,
     /// The largest answer that can travel.
-    pub max_bytes: usize,
+    pub max_bytes: EventLimit,
 }
 
 impl Answers {
@@ -599,7 +599,7 @@ impl Responder for Answers {
             self.engine.pool(),
             case_id,
             request.after_seq,
-            self.max_bytes,
+            self.max_bytes.bytes(),
         )
         .await
         .map_err(|e| e.to_string())?;

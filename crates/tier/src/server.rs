@@ -26,12 +26,9 @@ use wangge_domain::case::tier_name;
 use wangge_proto as pb;
 use wangge_store::Class;
 
-use crate::engine::{load_grids, load_rules};
+use crate::engine::{EventLimit, load_grids, load_rules};
 use crate::tls::{self, NatsTls as _};
 use crate::{Config, Engine, Shared, admin, query, reconcile, replicate, supervisor};
-
-/// Room for the headers and the subject next to an event in a NATS message.
-const MESSAGE_OVERHEAD: usize = 1024;
 
 /// Runs a tier until `shutdown` resolves: connects its database (migrating it) and NATS, starts the
 /// background work under the supervisor, serves gRPC on `listener` with the shared services plus
@@ -78,15 +75,8 @@ where
         Some(domain) if !domain.is_empty() => jetstream::with_domain(client.clone(), domain),
         _ => jetstream::new(client.clone()),
     };
-    let delivery = &config.delivery;
     // The server may carry less than configured: an event must fit what it announces.
-    let server_max = client.server_info().max_payload;
-    let max_event_bytes = match server_max {
-        0 => delivery.max_event_bytes,
-        max => delivery
-            .max_event_bytes
-            .min(max.saturating_sub(MESSAGE_OVERHEAD)),
-    };
+    let max_event_bytes = EventLimit::following(config.delivery.max_event_bytes, client.clone());
 
     let relay_handle = RelayHandle::default();
     let engine = Arc::new(
@@ -97,7 +87,7 @@ where
             grids,
             relay_handle.clone(),
             config.peers_of(tier),
-            max_event_bytes,
+            max_event_bytes.clone(),
         )
         .with_intake(config.intake)
         .with_time(match (&config.clock.time, config.clock.virtual_time) {
@@ -125,7 +115,7 @@ where
             relay: relay_handle,
             reconnected,
             durable: durable.clone(),
-            max_event_bytes,
+            max_event_bytes: max_event_bytes.clone(),
             supervision: supervision.clone(),
         },
     );
@@ -247,7 +237,7 @@ where
         listen = %listener.local_addr()?,
         grpc_tls = config.tls.grpc_cert.is_some(),
         client_certificates = config.tls.grpc_client_ca.is_some(),
-        max_event_bytes,
+        max_event_bytes = max_event_bytes.bytes(),
         "serving"
     );
     grpc
@@ -314,7 +304,7 @@ struct Parts<'a> {
     reconnected: Arc<Notify>,
     /// The durable consumer's name, also the queue group of the tier scope's instances.
     durable: String,
-    max_event_bytes: usize,
+    max_event_bytes: EventLimit,
     /// What the automatic 督办 scans report.
     supervision: Arc<std::sync::Mutex<crate::supervise::ScanReport>>,
 }

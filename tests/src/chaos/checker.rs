@@ -3,7 +3,8 @@
 //! Converged means: every acknowledged report is there exactly once at every tier; every case event
 //! is the same at all three tiers (event id, case id, seq, body bytes); every acknowledged console
 //! step is in the history; nothing is left parked (`parked_events`, once it exists) and every
-//! outbox is empty.
+//! outbox is empty. What a fault put in besides the load ([`Injected`]) is held to its own rule: a
+//! refused report is at no tier, an event that cannot travel ends as a dead letter at its sender.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -23,6 +24,17 @@ use super::workload::Entries;
 /// "terminate connections" fault spares.
 pub const APPLICATION_NAME: &str = "wangge-chaos";
 
+/// What a fault put into the system besides the load. None of it was acknowledged to a client,
+/// so none of it can count as lost.
+#[derive(Debug, Clone, Default)]
+pub struct Injected {
+    /// Client ids of reports the village refused: no tier may hold them.
+    pub refused: Vec<String>,
+    /// Events written straight into the village's outbox that can never travel: each must be set
+    /// aside as an outgoing dead letter there, and leave the outbox.
+    pub undeliverable: Vec<Uuid>,
+}
+
 /// An event as a tier stored it; the body is left out when only presence matters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stored {
@@ -39,6 +51,8 @@ struct TierView {
     outbox: i64,
     parked: i64,
     dead_letters: i64,
+    /// Events set aside at this tier as outgoing dead letters.
+    set_aside: HashSet<Uuid>,
 }
 
 /// What the checker found; converged when everything is in place.
@@ -59,6 +73,11 @@ pub struct Verdict {
     pub outbox: [i64; 3],
     pub parked: [i64; 3],
     pub dead_letters: [i64; 3],
+    /// Refused reports some tier holds anyway.
+    pub refused_held: usize,
+    /// Undeliverable events written into the village's outbox, and how many of them it set aside.
+    pub undeliverable: usize,
+    pub undeliverable_set_aside: usize,
     /// A few concrete findings, for the person who reads the report.
     pub examples: Vec<String>,
 }
@@ -71,6 +90,8 @@ impl Verdict {
             && self.diverging_events == 0
             && self.outbox == [0; 3]
             && self.parked == [0; 3]
+            && self.refused_held == 0
+            && self.undeliverable_set_aside == self.undeliverable
     }
 
     /// One line on what is wrong (empty when converged).
@@ -91,8 +112,29 @@ impl Verdict {
                 parts.push(format!("{name} parked {}", self.parked[i]));
             }
             if self.dead_letters[i] > 0 {
-                parts.push(format!("{name} dead letters {}", self.dead_letters[i]));
+                let planted = if i == 0 {
+                    self.undeliverable_set_aside
+                } else {
+                    0
+                };
+                parts.push(format!(
+                    "{name} dead letters {} ({planted} of them written there to be set aside)",
+                    self.dead_letters[i]
+                ));
             }
+        }
+        if self.refused_held > 0 {
+            parts.push(format!(
+                "{} refused reports held somewhere",
+                self.refused_held
+            ));
+        }
+        if self.undeliverable_set_aside < self.undeliverable {
+            parts.push(format!(
+                "{} of {} undeliverable events not set aside",
+                self.undeliverable - self.undeliverable_set_aside,
+                self.undeliverable
+            ));
         }
         if self.lost_steps > 0 {
             parts.push(format!("{} acked steps missing", self.lost_steps));
@@ -167,6 +209,13 @@ impl Checker {
         view.dead_letters = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
             .fetch_one(pool)
             .await?;
+        view.set_aside = sqlx::query_scalar(
+            "SELECT event_id FROM dead_letters WHERE direction = 'outgoing' AND event_id IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
         // The parking table comes with the bus work; before it, nothing can be parked.
         let parking: bool = sqlx::query_scalar("SELECT to_regclass('parked_events') IS NOT NULL")
             .fetch_one(pool)
@@ -238,7 +287,7 @@ impl Checker {
     }
 
     /// The full comparison.
-    pub async fn verdict(&self, entries: &Entries) -> anyhow::Result<Verdict> {
+    pub async fn verdict(&self, entries: &Entries, injected: &Injected) -> anyhow::Result<Verdict> {
         let views = self.views(true).await?;
         let mut verdict = Verdict::default();
         for (i, view) in views.iter().enumerate() {
@@ -247,6 +296,33 @@ impl Checker {
             verdict.outbox[i] = view.outbox;
             verdict.parked[i] = view.parked;
             verdict.dead_letters[i] = view.dead_letters;
+        }
+
+        for client_id in &injected.refused {
+            let at: Vec<_> = views
+                .iter()
+                .zip(TIERS)
+                .filter(|(v, _)| v.cases.contains_key(client_id))
+                .map(|(_, t)| tier_name(t))
+                .collect();
+            if !at.is_empty() {
+                verdict.refused_held += 1;
+                note(
+                    &mut verdict,
+                    format!("refused report {client_id} held at {}", at.join(", ")),
+                );
+            }
+        }
+        verdict.undeliverable = injected.undeliverable.len();
+        for event_id in &injected.undeliverable {
+            if views[0].set_aside.contains(event_id) {
+                verdict.undeliverable_set_aside += 1;
+            } else {
+                note(
+                    &mut verdict,
+                    format!("undeliverable event {event_id} not set aside at the village"),
+                );
+            }
         }
 
         let mut acked_as: HashMap<&str, &str> = HashMap::new();

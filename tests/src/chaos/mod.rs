@@ -133,7 +133,7 @@ fn failed(slug: String, fault: String, error: String) -> Row {
 /// One fault on a fresh system.
 pub async fn run_fault(fault: &Fault, options: &Options) -> anyhow::Result<Row> {
     let started = Instant::now();
-    let mut bed = Testbed::start(&options.logs, &fault.slug()).await?;
+    let mut bed = Testbed::start(&options.logs, &fault.slug(), fault.nats_max_payload()).await?;
     let checker = Checker::connect(&bed.database_urls()).await?;
     let department = street_department(&bed).await?;
     let ledger = Arc::new(Ledger::default());
@@ -141,7 +141,7 @@ pub async fn run_fault(fault: &Fault, options: &Options) -> anyhow::Result<Row> 
     let workload = Workload::start(&bed, ledger.clone(), options.load, department);
     tokio::time::sleep(options.warmup).await;
 
-    let notes = fault.inject(&mut bed, &workload).await?;
+    let injection = fault.inject(&mut bed, &workload).await?;
     let healed = Instant::now();
     let at_heal = ledger.snapshot();
     let reports_missing_at_street = checker.missing_at(Tier::Street, &at_heal, healed).await?;
@@ -185,7 +185,7 @@ pub async fn run_fault(fault: &Fault, options: &Options) -> anyhow::Result<Row> 
     // The full check, until it passes; at least a few rounds after the load stopped.
     let final_deadline = deadline.max(Instant::now() + Duration::from_secs(10));
     let verdict = loop {
-        let verdict = checker.verdict(&entries).await?;
+        let verdict = checker.verdict(&entries, &injection.injected).await?;
         if verdict.converged() || Instant::now() > final_deadline {
             break verdict;
         }
@@ -214,7 +214,8 @@ pub async fn run_fault(fault: &Fault, options: &Options) -> anyhow::Result<Row> 
             live_unseen,
         }),
         verdict: Some(verdict),
-        notes,
+        notes: injection.notes,
+        fault_failures: injection.failures,
         error: None,
         run_secs: started.elapsed().as_secs_f64(),
     })

@@ -32,6 +32,9 @@ pub struct Row {
     pub verdict: Option<Verdict>,
     /// What the fault did (which messages were deleted, how many connections were terminated …).
     pub notes: String,
+    /// What the system did wrong while the fault was injected (an oversized report answered other
+    /// than INVALID_ARGUMENT naming its field, say).
+    pub fault_failures: Vec<String>,
     /// The run itself failed (the harness, not the system under test).
     pub error: Option<String>,
     pub run_secs: f64,
@@ -52,7 +55,11 @@ pub struct Backlog {
 
 impl Row {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.lost == 0 && self.duplicated == 0 && self.converged
+        self.error.is_none()
+            && self.fault_failures.is_empty()
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.converged
     }
 }
 
@@ -120,6 +127,7 @@ pub fn findings(rows: &[Row]) -> String {
         if !row.notes.is_empty() {
             parts.push(row.notes.clone());
         }
+        parts.extend(row.fault_failures.iter().map(|f| format!("FAILED: {f}")));
         if let Some(verdict) = &row.verdict {
             let findings = verdict.findings();
             if !findings.is_empty() {

@@ -32,10 +32,18 @@ pub struct Testbed {
 pub const TIERS: [Tier; 3] = [Tier::Village, Tier::Street, Tier::District];
 
 impl Testbed {
-    /// Starts everything; the tiers' logs go to `<logs>/<label>-<tier>.log`.
-    pub async fn start(logs: &Path, label: &str) -> anyhow::Result<Testbed> {
+    /// Starts everything; the tiers' logs go to `<logs>/<label>-<tier>.log`. With `max_payload`,
+    /// nats-server carries no larger message than that (the tiers learn it when they connect).
+    pub async fn start(
+        logs: &Path,
+        label: &str,
+        max_payload: Option<usize>,
+    ) -> anyhow::Result<Testbed> {
         std::fs::create_dir_all(logs)?;
-        let nats = NatsServer::start().await;
+        let nats = match max_payload {
+            Some(bytes) => NatsServer::start_with_max_payload(bytes).await,
+            None => NatsServer::start().await,
+        };
         let (vdb, sdb, ddb) = tokio::join!(
             TestDb::seeded("village"),
             TestDb::seeded("street"),
