@@ -117,6 +117,7 @@ const APPROVERS: &[&str] = &["duty_chief", "leader"];
 enum Tier {
     Village,
     Street,
+    District,
 }
 
 /// One RPC: where it is called, with what request, and who may call it.
@@ -324,6 +325,14 @@ fn table(case_id: &str, other_case_id: &str) -> Vec<Row> {
                 note: String::new(),
             },
             CENTER,
+        ),
+        // 交办 is the district center's: asked at the district, of the street's case (which the
+        // state machine then refuses: the district does not hold it).
+        row(
+            "/wangge.v1.CommandConsoleService/AssignCase",
+            District,
+            action("交由街道办理"),
+            &["district_operator"],
         ),
         row(
             "/wangge.v1.CommandConsoleService/RequestCheck",
@@ -614,7 +623,11 @@ async fn every_rpc_is_allowed_or_refused_by_role_and_scope_as_the_table_says() {
             .unwrap()
             .connect_lazy()
     };
-    let (village, street) = (raw(cluster.village.addr), raw(cluster.street.addr));
+    let (village, street, district) = (
+        raw(cluster.village.addr),
+        raw(cluster.street.addr),
+        raw(cluster.district.addr),
+    );
     let expired = identity::sign(&wangge_auth::Claims {
         exp: identity::now() - 120,
         ..identity::claims_for("op-350205002000")
@@ -624,6 +637,7 @@ async fn every_rpc_is_allowed_or_refused_by_role_and_scope_as_the_table_says() {
         let channel = match row.tier {
             Tier::Village => &village,
             Tier::Street => &street,
+            Tier::District => &district,
         };
         // Nobody gets in without a valid token, whatever the call.
         for (token, what) in [(None, "no token"), (Some(expired.as_str()), "expired")] {

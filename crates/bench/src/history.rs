@@ -854,7 +854,8 @@ fn path(
         "",
         Vec::new(),
         Kind::Dispatched(pb::Dispatched {
-            department_code: department.clone()
+            department_code: department.clone(),
+            ..Default::default()
         })
     );
     if walk.draw.chance(0.03) {
@@ -886,7 +887,8 @@ fn path(
                 "",
                 Vec::new(),
                 Kind::Dispatched(pb::Dispatched {
-                    department_code: department.clone()
+                    department_code: department.clone(),
+                    ..Default::default()
                 })
             );
         } else {

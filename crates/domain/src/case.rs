@@ -41,6 +41,8 @@ pub enum Refusal {
     NotChecked { outcome: &'static str },
     #[error("the {0} tier has no upper tier to escalate to")]
     NoUpperTier(&'static str),
+    #[error("the {0} tier has no lower center to hand a case down to")]
+    NoLowerCenter(&'static str),
     #[error("event says it leads to {claimed} but the state machine gives {computed}")]
     Diverged { claimed: String, computed: String },
 }
@@ -150,6 +152,7 @@ fn action_name(kind: &Kind) -> &'static str {
         Kind::Reported(_) => "report",
         Kind::Accepted(_) => "accept",
         Kind::Rejected(_) => "reject",
+        Kind::Dispatched(d) if d.to_tier() != Tier::Unspecified => "hand down",
         Kind::Dispatched(_) => "dispatch",
         Kind::Signed(_) => "sign for",
         Kind::ReturnRequested(_) => "return",
@@ -198,6 +201,24 @@ pub fn owner_for(tier: Tier, grid: &GridCode) -> pb::Owner {
     pb::Owner {
         tier: tier as i32,
         org_code: org.to_string(),
+    }
+}
+
+/// The tier below `tier`.
+pub fn lower_tier(tier: Tier) -> Option<Tier> {
+    match tier {
+        Tier::District => Some(Tier::Street),
+        Tier::Street => Some(Tier::Village),
+        Tier::Village | Tier::Unspecified => None,
+    }
+}
+
+/// The tier whose center a case is handed down to (交办) from `tier`: the district hands down to
+/// the street. The village has no command center to dispatch to departments.
+pub fn lower_center(tier: Tier) -> Option<Tier> {
+    match tier {
+        Tier::District => Some(Tier::Street),
+        Tier::Street | Tier::Village | Tier::Unspecified => None,
     }
 }
 
@@ -329,6 +350,7 @@ fn open(event: &pb::CaseEvent, report: &pb::Reported) -> Result<pb::Case, Refusa
         skipped_street: report.skip_street,
         clocks: None,
         round_extensions_from: 0,
+        delay_requests: 0,
     })
 }
 
@@ -366,6 +388,9 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
 
     let mut next = case.clone();
     next.attachments.extend(event.attachments.iter().cloned());
+    // The arms follow the state table of the domain brief (section 3). Where they go beyond it,
+    // a comment says why: ESCALATED is the upper center's 待受理 (its REPORTED), so what the
+    // table lets a center do with a fresh report it may do with an escalated one.
     match kind {
         Kind::Reported(_) => return Err(illegal()),
         Kind::Accepted(_) => match state {
@@ -379,24 +404,58 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             }
             _ => return Err(illegal()),
         },
-        Kind::Dispatched(dispatch) => match state {
-            State::Accepted if is_center => {
-                require(&dispatch.department_code, "department_code")?;
-                next.state = State::Dispatched as i32;
-                next.department_code = dispatch.department_code.clone();
-                next.check_outcome = CheckOutcome::Unspecified as i32;
+        Kind::Dispatched(dispatch) if dispatch.to_tier() != Tier::Unspecified => {
+            // 交办: handed down to the lower tier's center, which holds it without a department
+            // until it dispatches it to one of its own.
+            if !dispatch.department_code.is_empty() {
+                return Err(malformed(
+                    "department_code",
+                    "a case handed down to a lower tier names no department",
+                ));
             }
-            _ => return Err(illegal()),
-        },
+            let lower = lower_center(held_by).filter(|_| is_center);
+            match (state, lower) {
+                (State::Accepted, Some(lower)) if lower == dispatch.to_tier() => {
+                    next.state = State::Dispatched as i32;
+                    next.department_code = String::new();
+                    next.check_outcome = CheckOutcome::Unspecified as i32;
+                    next.owner = Some(owner_for(lower, &grid));
+                }
+                (State::Accepted, Some(_)) => {
+                    return Err(malformed("to_tier", "the case goes to the next tier down"));
+                }
+                (_, None) if is_center => {
+                    return Err(Refusal::NoLowerCenter(tier_name(held_by)));
+                }
+                _ => return Err(illegal()),
+            }
+        }
+        Kind::Dispatched(dispatch) => {
+            // 派遣 of a filed case, or of one handed down to this center (no department yet).
+            let dispatchable = match state {
+                State::Accepted => true,
+                State::Dispatched => case.department_code.is_empty(),
+                _ => false,
+            };
+            if !(dispatchable && is_center) {
+                return Err(illegal());
+            }
+            require(&dispatch.department_code, "department_code")?;
+            next.state = State::Dispatched as i32;
+            next.department_code = dispatch.department_code.clone();
+            next.check_outcome = CheckOutcome::Unspecified as i32;
+        }
         Kind::Signed(signed) => match state {
-            State::Dispatched => {
+            // A case handed down to a center is not a department's to sign for.
+            State::Dispatched if !case.department_code.is_empty() => {
                 same_department(&signed.department_code)?;
                 next.state = State::InProgress as i32;
             }
             _ => return Err(illegal()),
         },
         Kind::ReturnRequested(returned) => match state {
-            State::Dispatched | State::InProgress => {
+            // 回退 before signing: once signed for, the department has accepted the remit.
+            State::Dispatched if !case.department_code.is_empty() => {
                 same_department(&returned.department_code)?;
                 require(&returned.reason, "reason")?;
                 request(&mut next, State::ReturnRequested, state);
@@ -459,11 +518,17 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             let upper = upper_tier(held_by).filter(|_| is_center);
             match (state, upper) {
                 (_, None) if is_center => return Err(Refusal::NoUpperTier(tier_name(held_by))),
-                (State::Reported | State::Accepted, Some(upper)) => {
+                // The table has 上报 from ACCEPTED and IN_PROGRESS (a case the department cannot
+                // handle). Kept beyond it: from REPORTED, a report outside the street's remit
+                // passed up without filing it (the practice of 上报 of a 待受理 report).
+                (State::Reported | State::Accepted | State::InProgress, Some(upper)) => {
                     require(&escalated.reason, "reason")?;
                     next.state = State::Escalated as i32;
                     next.department_code = String::new();
                     next.owner = Some(owner_for(upper, &grid));
+                    // The upper center's handling is a new round: earlier extensions were for
+                    // the department that gave it up.
+                    next.round_extensions_from = next.extensions.len() as u32;
                 }
                 _ => return Err(illegal()),
             }
@@ -528,6 +593,7 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
                     .ok_or_else(|| malformed("extension", "needs an amount above 0 and a unit"))?;
                 request(&mut next, State::DelayRequested, state);
                 next.requested_extension = Some(extension);
+                next.delay_requests += 1;
             }
             _ => return Err(illegal()),
         },
@@ -600,6 +666,8 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             _ => return Err(illegal()),
         },
         Kind::Archived(archived) => match state {
+            // The table names ARCHIVED (备案) terminal without saying from where: a report filed
+            // for the record without handling, or a closed case put on record.
             State::Reported | State::Escalated | State::Closed if is_center => {
                 require(&archived.reason, "reason")?;
                 next.state = State::Archived as i32;
@@ -607,7 +675,9 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             _ => return Err(illegal()),
         },
         Kind::Merged(merged) => match state {
-            State::Reported | State::Escalated | State::Accepted if is_center => {
+            // A duplicate is merged before it is filed: from REPORTED, or ESCALATED, the upper
+            // center's 待受理.
+            State::Reported | State::Escalated if is_center => {
                 require(&merged.into_case_id, "into_case_id")?;
                 if merged.into_case_id == case.id {
                     return Err(malformed(
@@ -661,7 +731,9 @@ fn advance(case: &pb::Case, event: &pb::CaseEvent, kind: &Kind) -> Result<pb::Ca
             });
         }
     }
-    let restarts = matches!(kind, Kind::Escalated(_));
+    // An escalation starts the accept stage again at the upper center; a dispatch of a case
+    // handed down starts the sign stage again for the department.
+    let restarts = matches!(kind, Kind::Escalated(_) | Kind::Dispatched(_));
     if restarts || Stage::of_state(next.state()) != Stage::of_state(state) {
         next.stage_started_at = event.at;
     }
@@ -785,6 +857,7 @@ mod tests {
             Tier::Street,
             K::Dispatched(pb::Dispatched {
                 department_code: d.clone(),
+                ..Default::default()
             }),
         )
         .unwrap();
@@ -827,6 +900,7 @@ mod tests {
             Tier::Street,
             K::Dispatched(pb::Dispatched {
                 department_code: d.clone(),
+                ..Default::default()
             }),
         )
         .unwrap();
@@ -921,6 +995,205 @@ mod tests {
     }
 
     #[test]
+    fn a_case_its_department_cannot_handle_is_escalated_while_in_progress() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        accepted_and_signed(&mut log, &d);
+        let escalated = log
+            .step(
+                Tier::Street,
+                K::Escalated(pb::Escalated {
+                    reason: "需区级多部门联合处置".into(),
+                }),
+            )
+            .unwrap();
+        assert_eq!(
+            (escalated.state(), owner_tier(escalated)),
+            (State::Escalated, Tier::District)
+        );
+        assert_eq!(escalated.department_code, "");
+        // The street's department has given it up: it can no longer report it handled.
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::Handled(pb::Handled {
+                    department_code: d,
+                    result: "done".into(),
+                })
+            ),
+            Err(Refusal::NotOwner { .. })
+        ));
+        log.step(Tier::District, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        assert_eq!(log.state(), State::Accepted);
+    }
+
+    #[test]
+    fn the_district_hands_a_case_down_to_the_street_which_dispatches_it() {
+        let street_department = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        log.step(
+            Tier::Street,
+            K::Escalated(pb::Escalated {
+                reason: "区级统筹".into(),
+            }),
+        )
+        .unwrap();
+        log.step(Tier::District, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        let down = |to: Tier, department: &str| {
+            K::Dispatched(pb::Dispatched {
+                department_code: department.to_owned(),
+                to_tier: to as i32,
+            })
+        };
+        // 交办 names the next tier down and no department.
+        assert!(
+            log.step(Tier::District, down(Tier::Village, ""))
+                .unwrap_err()
+                .is_bad_input()
+        );
+        assert!(
+            log.step(Tier::District, down(Tier::Street, &street_department))
+                .unwrap_err()
+                .is_bad_input()
+        );
+        let handed = log.step(Tier::District, down(Tier::Street, "")).unwrap();
+        assert_eq!(
+            (
+                handed.state(),
+                owner_tier(handed),
+                handed.department_code.as_str()
+            ),
+            (State::Dispatched, Tier::Street, "")
+        );
+        // Dispatched to the street's center: no department signs for it or sends it back, and
+        // the street hands nothing further down.
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::Signed(pb::Signed {
+                    department_code: String::new(),
+                })
+            ),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::ReturnRequested(pb::ReturnRequested {
+                    department_code: String::new(),
+                    reason: "x".into(),
+                })
+            ),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+        assert_eq!(
+            log.step(Tier::Street, down(Tier::Village, "")),
+            Err(Refusal::NoLowerCenter("street"))
+        );
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: street_department.clone(),
+                to_tier: Tier::Unspecified as i32,
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            (log.state(), log.owner()),
+            (State::Dispatched, Tier::Street)
+        );
+        // Now dispatched to a department: not again until it is returned.
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::Dispatched(pb::Dispatched {
+                    department_code: dept("350205002-sz"),
+                    to_tier: 0,
+                })
+            ),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: street_department,
+            }),
+        )
+        .unwrap();
+        assert_eq!(log.state(), State::InProgress);
+    }
+
+    #[test]
+    fn a_case_is_returned_only_before_it_is_signed_and_merged_only_before_it_is_filed() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        log.step(Tier::Street, K::Accepted(pb::Accepted {}))
+            .unwrap();
+        let merge = K::Merged(pb::Merged {
+            into_case_id: "c2".into(),
+            into_number: "n2".into(),
+        });
+        assert!(matches!(
+            log.step(Tier::Street, merge),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+        log.step(
+            Tier::Street,
+            K::Dispatched(pb::Dispatched {
+                department_code: d.clone(),
+                to_tier: 0,
+            }),
+        )
+        .unwrap();
+        log.step(
+            Tier::Street,
+            K::Signed(pb::Signed {
+                department_code: d.clone(),
+            }),
+        )
+        .unwrap();
+        assert!(matches!(
+            log.step(
+                Tier::Street,
+                K::ReturnRequested(pb::ReturnRequested {
+                    department_code: d,
+                    reason: "not ours".into(),
+                })
+            ),
+            Err(Refusal::IllegalTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn every_delay_request_is_counted_granted_or_not() {
+        let d = dept("350205002-cgzd");
+        let mut log = Log::report(false);
+        accepted_and_signed(&mut log, &d);
+        let ask = || {
+            K::DelayRequested(pb::DelayRequested {
+                department_code: d.clone(),
+                extension: Some(pb::TimeLimit {
+                    amount: 1,
+                    unit: pb::TimeUnit::WorkingDays as i32,
+                }),
+                reason: "materials".into(),
+            })
+        };
+        assert_eq!(log.step(Tier::Street, ask()).unwrap().delay_requests, 1);
+        log.step(
+            Tier::Street,
+            K::DelayDenied(pb::DelayDenied {
+                reason: "no".into(),
+            }),
+        )
+        .unwrap();
+        let again = log.step(Tier::Street, ask()).unwrap();
+        assert_eq!((again.delay_requests, again.extensions.len()), (2, 0));
+    }
+
+    #[test]
     fn a_returned_case_can_be_dispatched_again_and_others_cannot_sign_it() {
         let mut log = Log::report(false);
         log.step(Tier::Street, K::Accepted(pb::Accepted {}))
@@ -931,6 +1204,7 @@ mod tests {
             Tier::Street,
             K::Dispatched(pb::Dispatched {
                 department_code: wrong.clone(),
+                ..Default::default()
             }),
         )
         .unwrap();
@@ -971,6 +1245,7 @@ mod tests {
                 Tier::Street,
                 K::Dispatched(pb::Dispatched {
                     department_code: right.clone(),
+                    ..Default::default()
                 }),
             )
             .unwrap_err();
@@ -983,6 +1258,7 @@ mod tests {
             Tier::Street,
             K::Dispatched(pb::Dispatched {
                 department_code: right.clone(),
+                ..Default::default()
             }),
         )
         .unwrap();
@@ -1067,6 +1343,7 @@ mod tests {
             Tier::Street,
             K::Dispatched(pb::Dispatched {
                 department_code: d.to_owned(),
+                ..Default::default()
             }),
         )
         .unwrap();

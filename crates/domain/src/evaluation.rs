@@ -17,7 +17,8 @@
 //!   allowed time, the deadline itself included. A stage no rule covers has no deadline: whatever
 //!   is done in it is on time.
 //! - **Stage starts** follow the state machine (`case.rs`): a stage clock starts when the case
-//!   entered the stage, and an escalation starts the accept stage again at the upper center.
+//!   entered the stage, an escalation starts the accept stage again at the upper center, and a
+//!   lower center's dispatch of a case handed down to it (交办) starts the sign stage again.
 //!
 //! Per grid worker (网格员; the actor of a `Reported` event, or of a `Verified` or `Checked` event,
 //! in the role of grid worker):
@@ -44,9 +45,10 @@
 //!   按时立案率 = filed_on_time / filed.
 //! - 作废数 `voided`: of the filings, those the case was voided after (`VoidApproved` before any
 //!   later filing, by `to`). 准确立案率 = (filed − voided) / filed.
-//! - 派遣数 `dispatched`: its `Dispatched` events in the period; 按时派遣数 `dispatched_on_time`:
-//!   within the dispatch stage's limit from when the case entered the stage (its filing, a return
-//!   request, a reopening). 按时派遣率 = dispatched_on_time / dispatched.
+//! - 派遣数 `dispatched`: its `Dispatched` events in the period, a 交办 to a lower center
+//!   included; 按时派遣数 `dispatched_on_time`: within the dispatch stage's limit from when the
+//!   case entered the stage (its filing, a return request, a reopening, or, for the lower center's
+//!   dispatch of a case handed down to it, the 交办). 按时派遣率 = dispatched_on_time / dispatched.
 //! - 返工派遣数 `dispatch_reworked`: of the dispatches, those sent back for rework (`Reworked`)
 //!   at least once before the case's next dispatch, by `to`.
 //!   准确派遣率 = (dispatched − dispatch_reworked) / dispatched.
@@ -651,7 +653,7 @@ fn walk(
             case_stops.push((at, None));
         }
         if Stage::of_state(after) != Stage::of_state(state)
-            || matches!(event.kind, Some(Kind::Escalated(_)))
+            || matches!(event.kind, Some(Kind::Escalated(_) | Kind::Dispatched(_)))
         {
             stage_started = at;
             if Stage::of_state(after) == Some(Stage::Handle) {
@@ -784,6 +786,10 @@ impl Tally {
             center.dispatched += 1;
             center.dispatched_on_time += u32::from(dispatch.on_time);
             center.dispatch_reworked += u32::from(dispatch.reworked);
+            if dispatch.department.is_empty() {
+                // 交办 to a lower center: no department was sent it.
+                continue;
+            }
             let department = self.department(&dispatch.department);
             department.dispatched += 1;
             department.dispatched_handled += u32::from(dispatch.handled);
@@ -967,6 +973,7 @@ mod tests {
     fn dispatched(department: &str) -> Kind {
         Kind::Dispatched(pb::Dispatched {
             department_code: department.into(),
+            ..Default::default()
         })
     }
     fn signed(department: &str) -> Kind {
@@ -1765,6 +1772,61 @@ mod tests {
             &calendar
         });
         assert_eq!(empty, Evaluation::default());
+    }
+
+    #[test]
+    fn a_case_handed_down_counts_as_a_dispatch_of_both_centers_and_restarts_the_stage() {
+        let calendar = calendar();
+        // The street escalates C30 unfiled; the district files it at 09:30 and hands it down to
+        // the street at 10:05, 35 min later ✗; the street dispatches it to CG at 10:25, 20 min
+        // after the 交办 ✓ (55 min after the filing: the 交办 started its stage again).
+        let history = History::report(30, "11-23 09:00", G1, W1)
+            .then(
+                "11-23 09:10",
+                OPS,
+                Kind::Escalated(pb::Escalated {
+                    reason: "a district matter".into(),
+                }),
+            )
+            .then("11-23 09:30", OPD, accepted())
+            .then(
+                "11-23 10:05",
+                OPD,
+                Kind::Dispatched(pb::Dispatched {
+                    department_code: String::new(),
+                    to_tier: Tier::Street as i32,
+                }),
+            )
+            .then("11-23 10:25", OPS, dispatched(CG))
+            .then("11-23 10:40", HCG, signed(CG))
+            .then("11-23 11:40", HCG, handled(CG))
+            .done();
+        let evaluated = evaluate(
+            &[history],
+            t("11-23 00:00"),
+            t("11-30 00:00"),
+            &rules(),
+            |_| &calendar,
+        );
+        let dispatches: Vec<(&str, u32, u32)> = evaluated
+            .centers
+            .iter()
+            .map(|c| (c.org_code.as_str(), c.dispatched, c.dispatched_on_time))
+            .collect();
+        assert_eq!(dispatches, [(DISTRICT, 1, 0), (STREET, 1, 1)]);
+        // The department was sent it once, by the street; the 交办 named no department.
+        let departments: Vec<(&str, u32, u32)> = evaluated
+            .departments
+            .iter()
+            .map(|d| {
+                (
+                    d.department_code.as_str(),
+                    d.dispatched,
+                    d.dispatched_handled,
+                )
+            })
+            .collect();
+        assert_eq!(departments, [(CG, 1, 1)]);
     }
 
     fn counts(a: &AreaFigures) -> [u32; 5] {

@@ -3,13 +3,13 @@
 
 use tonic::{Request, Response, Status};
 use wangge_domain::GridCode;
-use wangge_domain::case::{owner_for, tier_name};
+use wangge_domain::case::{lower_tier, owner_for, tier_name};
 use wangge_proto as pb;
 use wangge_proto::case_event::Kind;
 use wangge_store::{cases, registry};
 
 use crate::engine::Action;
-use crate::policy::{Grant, Right, authorize, caller};
+use crate::policy::{Grant, Right, authorize, caller, delay_deciders};
 use crate::query::state_names;
 use crate::request::{
     CaseAction, Decision, DelayAsk, DepartmentAction, Dispatch, Merge, NoteKind, Supervision,
@@ -84,44 +84,50 @@ impl Console {
 }
 
 impl Console {
-    /// A decision on a pending request: `approved` or `denied` (with the reason) builds the event;
-    /// `may_decide` checks, on the case as locked, that the decider's role suffices.
+    /// A decision on a request pending in state `pending`: `approved` or `denied` (with the
+    /// reason) builds the event; `decider` gives, on the case as locked, the grant to decide in (the
+    /// role the decision needs), or refuses the caller's roles.
     async fn decide(
         &self,
         request: Request<pb::DecisionRequest>,
         right: Right,
-        may_decide: impl FnOnce(&Grant, &pb::Case) -> Result<(), Error>,
+        pending: pb::CaseState,
+        decider: impl FnOnce(&Grant, &pb::Case) -> Result<Grant, Error>,
         approved: impl FnOnce(&pb::Case) -> Kind,
         denied: impl FnOnce(String) -> Kind,
     ) -> Result<Response<pb::Case>, Status> {
         let grant = self.grant(&request, right)?;
         let Decision { action, approve } = Decision::try_from(request.into_inner())?;
         let reason = action.note.as_str().to_owned();
-        let step = Action {
-            actor: grant.actor(),
-            note: action.note,
-            attachments: action.attachments,
-        };
+        let tier = self.0.engine.tier();
         let case = self
             .0
             .engine
-            .act(action.case_id, step, |case| {
+            .act_as(action.case_id, action.note, action.attachments, |case| {
                 grant.check_case(case)?;
-                may_decide(&grant, case)?;
-                Ok(if approve {
+                // Nothing to decide here (another state, another tier's case): the state machine
+                // refuses the step as such (FAILED_PRECONDITION) before any role is weighed.
+                let here = case.owner.as_ref().is_some_and(|o| o.tier() == tier);
+                let decider = if here && case.state() == pending {
+                    decider(&grant, case)?
+                } else {
+                    grant.clone()
+                };
+                let kind = if approve {
                     approved(case)
                 } else {
                     denied(reason)
-                })
+                };
+                Ok((decider.actor(), kind))
             })
             .await?;
         Ok(Response::new(case))
     }
 }
 
-/// Whether an extension needs the center's leader rather than the duty chief: a second one, or
-/// one longer than the category's standard extension (or any, where the category has none).
-pub fn extension_needs_leader(
+/// Whether the extension `case` asks for is longer than the category's standard extension (or
+/// any, where the category has none); [`crate::policy::delay_deciders`] says who decides it.
+pub fn extension_longer_than_standard(
     case: &pb::Case,
     standard: Option<wangge_domain::clock::Limit>,
     working_day: chrono::Duration,
@@ -129,9 +135,6 @@ pub fn extension_needs_leader(
     let Some(asked) = case.requested_extension else {
         return false;
     };
-    if !case.extensions.is_empty() {
-        return true;
-    }
     let Some(standard) = standard else {
         return true;
     };
@@ -247,10 +250,27 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
                 }
                 Ok(Kind::Dispatched(pb::Dispatched {
                     department_code: department.code,
+                    ..Default::default()
                 }))
             })
             .await?;
         Ok(Response::new(case))
+    }
+
+    async fn assign_case(
+        &self,
+        request: Request<pb::CaseActionRequest>,
+    ) -> Result<Response<pb::Case>, Status> {
+        // 交办 to the tier below, the street of the case's grid; the state machine refuses it
+        // where that tier has no center (the street's tier below is the village).
+        let down = lower_tier(self.0.engine.tier()).unwrap_or_default();
+        self.act(request, Right::Dispatch, NoteKind::Remark, |_, _| {
+            Kind::Dispatched(pb::Dispatched {
+                department_code: String::new(),
+                to_tier: down as i32,
+            })
+        })
+        .await
     }
 
     async fn request_check(
@@ -330,7 +350,8 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         self.decide(
             request,
             Right::Approve,
-            |_, _| Ok(()),
+            pb::CaseState::VoidRequested,
+            |grant, _| Ok(grant.clone()),
             |_| Kind::VoidApproved(pb::VoidApproved {}),
             |reason| Kind::VoidDenied(pb::VoidDenied { reason }),
         )
@@ -344,7 +365,8 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         self.decide(
             request,
             Right::Approve,
-            |_, _| Ok(()),
+            pb::CaseState::ReturnRequested,
+            |grant, _| Ok(grant.clone()),
             |_| Kind::ReturnApproved(pb::ReturnApproved {}),
             |reason| Kind::ReturnDenied(pb::ReturnDenied { reason }),
         )
@@ -359,17 +381,19 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         self.decide(
             request,
             Right::Approve,
+            pb::CaseState::DelayRequested,
             |grant, case| {
                 let standard = rules.standard_extension(&case.category_code);
                 let day = rules.working_day(&case.community_code);
-                if grant.role() != pb::Role::Leader && extension_needs_leader(case, standard, day) {
-                    return Err(Error::PermissionDenied(
-                        "a second extension, or one longer than the category's standard \
-                         extension, is decided by the center's leader"
-                            .into(),
-                    ));
-                }
-                Ok(())
+                let longer = extension_longer_than_standard(case, standard, day);
+                grant
+                    .in_role_of(delay_deciders(case, longer))
+                    .map_err(|refused| {
+                        Error::PermissionDenied(format!(
+                            "a second extension request, or one longer than the category's \
+                             standard extension, is decided by the center's leader: {refused}"
+                        ))
+                    })
             },
             |case| {
                 Kind::DelayApproved(pb::DelayApproved {
@@ -388,7 +412,8 @@ impl pb::command_console_service_server::CommandConsoleService for Console {
         self.decide(
             request,
             Right::Lead,
-            |_, _| Ok(()),
+            pb::CaseState::HangRequested,
+            |grant, _| Ok(grant.clone()),
             |_| Kind::HangApproved(pb::HangApproved {}),
             |reason| Kind::HangDenied(pb::HangDenied { reason }),
         )

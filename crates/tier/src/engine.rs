@@ -540,7 +540,6 @@ impl Engine {
     }
 
     /// Appends one event by this tier to a case it holds.
-    #[instrument(skip_all, fields(case_id = %case_id))]
     ///
     /// `step` builds the event kind from the case as locked, so a step that depends on the case
     /// (its community, its department) reads it once, under the lock.
@@ -550,20 +549,39 @@ impl Engine {
         action: Action,
         step: impl FnOnce(&pb::Case) -> Result<Kind, Error>,
     ) -> Result<pb::Case, Error> {
+        let Action {
+            actor,
+            note,
+            attachments,
+        } = action;
+        self.act_as(case_id, note, attachments, |case| Ok((actor, step(case)?)))
+            .await
+    }
+
+    /// Like [`Engine::act`], for a step whose actor depends on the case as locked: `step` gives
+    /// who acts (in which role) with the event.
+    #[instrument(skip_all, fields(case_id = %case_id))]
+    pub async fn act_as(
+        &self,
+        case_id: Uuid,
+        note: Note,
+        attachments: Attachments,
+        step: impl FnOnce(&pb::Case) -> Result<(pb::Actor, Kind), Error>,
+    ) -> Result<pb::Case, Error> {
         let mut tx = self.pool.begin().await?;
         let case = cases::load(&mut tx, case_id, true)
             .await?
             .filter(|c| c.grid_code.starts_with(self.scope.prefix()))
             .ok_or_else(|| Error::NotFound(format!("case {case_id}")))?;
         let grid = stored_grid(&case)?;
-        let kind = step(&case)?;
+        let (actor, kind) = step(&case)?;
         let kind_name = machine::kind_name(&kind);
         let event = self.next_event(
             &case,
             &grid,
-            action.actor,
-            action.note.into_string(),
-            action.attachments.into_vec(),
+            actor,
+            note.into_string(),
+            attachments.into_vec(),
             kind,
         );
         let case = self.commit(tx, Some(&case), event).await?;

@@ -1,9 +1,11 @@
 //! The case lifecycle against a model: random command sequences, by random roles at random tiers,
 //! are run through the policy (who may ask for what) and the state machine (what may follow what,
-//! at which tier). A small model, written from the state table of the domain brief (section 3) and
-//! independent of `wangge_domain::case`, says what each step should do. Checked: no step the model
-//! calls illegal is accepted, every legal one is, each lands in the model's state, and replaying
-//! the accepted history from nothing gives the same case.
+//! at which tier). The model is independent of `wangge_domain::case`: [`TABLE`] transcribes the
+//! state table of the domain brief (section 3) row by row, [`BEYOND_THE_TABLE`] lists the few
+//! transitions the state machine keeps beyond it, each with its reason, and [`allowed`] says who
+//! may take a step where (the holding tier, a center, the village, a department). Checked: no step
+//! the model calls illegal is accepted, every legal one is, each lands in the model's state, and
+//! replaying the accepted history from nothing gives the same case.
 
 use proptest::prelude::*;
 use wangge_domain::case::{apply, replay, seal};
@@ -21,6 +23,8 @@ enum Command {
     Accept,
     Reject,
     Dispatch,
+    /// 交办 to the lower tier's center.
+    Assign,
     Sign,
     SignAsAnotherDepartment,
     Return,
@@ -54,6 +58,7 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Accept),
         Just(Reject),
         Just(Dispatch),
+        Just(Assign),
         Just(Sign),
         Just(SignAsAnotherDepartment),
         Just(Return),
@@ -96,7 +101,7 @@ fn right_of(command: Command) -> Right {
     match command {
         Accept | RequestCheck | Rework | Escalate | RequestVerification | RequestVoid | Resume
         | Merge => Right::Accept,
-        Dispatch => Right::Dispatch,
+        Dispatch | Assign => Right::Dispatch,
         Reject => Right::Void,
         Close => Right::Close,
         DecideVoid(_) | DecideReturn(_) | DecideDelay(_) | Reopen | Archive => Right::Approve,
@@ -115,7 +120,7 @@ fn model_roles(command: Command) -> &'static [Role] {
     use Command::*;
     match command {
         Accept | RequestCheck | Rework | Escalate | RequestVerification | RequestVoid | Resume
-        | Merge | Dispatch => &[
+        | Merge | Dispatch | Assign => &[
             Role::StreetOperator,
             Role::DistrictOperator,
             Role::DutyChief,
@@ -139,6 +144,8 @@ fn model_roles(command: Command) -> &'static [Role] {
 struct Model {
     state: S,
     owner: Tier,
+    /// Dispatched to a department (not only handed down to a lower tier's center).
+    department: bool,
     /// None: no check asked; Some(None): pending; Some(Some(passed)).
     check: Option<Option<bool>>,
     /// Who asked for the running check or verification.
@@ -147,116 +154,182 @@ struct Model {
     resumes_to: S,
 }
 
+/// The state table of the domain brief (section 3), row by row: from, command, to. The table's
+/// "Exits" column, with the "Entered by" column where it names the step (VERIFYING: the center
+/// asks a field check before filing), and the approval practice below the table for the request
+/// states (a void, a return, a delay, a hang: approved or denied; a denied return goes back to
+/// the department).
+const TABLE: &[(S, Command, S)] = {
+    use Command::*;
+    &[
+        // REPORTED 待受理 → ACCEPTED, REJECTED 不予受理, MERGED (duplicate); VERIFYING 待核实.
+        (S::Reported, Accept, S::Accepted),
+        (S::Reported, Reject, S::Rejected),
+        (S::Reported, Merge, S::Merged),
+        (S::Reported, RequestVerification, S::Verifying),
+        // SELF_HANDLED 自处置: the grid worker fixed it on the spot, awaits review.
+        (S::SelfHandled, ApproveSelfHandled, S::Closed),
+        (S::SelfHandled, RejectSelfHandled, S::Reported),
+        // VERIFYING 待核实 → ACCEPTED / REJECTED.
+        (S::Verifying, ConfirmVerification(true), S::Accepted),
+        (S::Verifying, ConfirmVerification(false), S::Rejected),
+        // ACCEPTED 立案 → DISPATCHED (派遣 to a department, 交办 to a lower tier), ESCALATED 上报,
+        // VOID 作废 (needs duty-chief approval).
+        (S::Accepted, Dispatch, S::Dispatched),
+        (S::Accepted, Assign, S::Dispatched),
+        (S::Accepted, Escalate, S::Escalated),
+        (S::Accepted, RequestVoid, S::VoidRequested),
+        (S::VoidRequested, DecideVoid(true), S::Void),
+        (S::VoidRequested, DecideVoid(false), S::Accepted),
+        // DISPATCHED 派遣/交办 → IN_PROGRESS 签收, RETURN_REQUESTED 回退申请. A case handed down
+        // to a lower tier is dispatched on by that tier's center to one of its departments.
+        (S::Dispatched, Dispatch, S::Dispatched),
+        (S::Dispatched, Sign, S::InProgress),
+        (S::Dispatched, Return, S::ReturnRequested),
+        // 回退: approved, back to the center for re-dispatch; denied, back to the department.
+        (S::ReturnRequested, DecideReturn(true), S::Accepted),
+        (S::ReturnRequested, DecideReturn(false), S::Dispatched),
+        // IN_PROGRESS 办理中 → HANDLED, DELAY_REQUESTED 延期, HANG_REQUESTED 挂账, ESCALATED.
+        (S::InProgress, Handle, S::Handled),
+        (S::InProgress, RequestDelay, S::DelayRequested),
+        (S::DelayRequested, DecideDelay(true), S::InProgress),
+        (S::DelayRequested, DecideDelay(false), S::InProgress),
+        (S::InProgress, RequestHang, S::HangRequested),
+        (S::HangRequested, DecideHang(true), S::Hung),
+        (S::HangRequested, DecideHang(false), S::InProgress),
+        (S::InProgress, Escalate, S::Escalated),
+        // HANDLED 处理反馈 → CHECKING.
+        (S::Handled, RequestCheck, S::Checking),
+        // CHECKING 核查: the grid worker checks on site → CLOSED 结案, REWORK 返工 (back to
+        // DISPATCHED, same department).
+        (S::Checking, ConfirmCheck(true), S::Checking),
+        (S::Checking, ConfirmCheck(false), S::Checking),
+        (S::Checking, Close, S::Closed),
+        (S::Checking, Rework, S::Dispatched),
+        // HUNG 挂账 → IN_PROGRESS 挂账恢复.
+        (S::Hung, Resume, S::InProgress),
+    ]
+};
+
+/// Where the state machine goes beyond the table, on purpose (see `wangge_domain::case`): each
+/// row says why. Kept apart so the table above stays the brief's.
+const BEYOND_THE_TABLE: &[(S, Command, S)] = {
+    use Command::*;
+    &[
+        // CLOSED → REOPENED: the state set has no REOPENED; a reopened case is filed again.
+        (S::Closed, Reopen, S::Accepted),
+        // ESCALATED is the upper center's 待受理: it does with it what a center does with a
+        // fresh report.
+        (S::Escalated, Accept, S::Accepted),
+        (S::Escalated, Reject, S::Rejected),
+        (S::Escalated, Merge, S::Merged),
+        (S::Escalated, RequestVerification, S::Verifying),
+        // 上报 of a report outside the street's remit, without filing it.
+        (S::Reported, Escalate, S::Escalated),
+        // ARCHIVED 备案 is terminal, entered from where the table does not say: a report filed
+        // for the record without handling, or a closed case put on record.
+        (S::Reported, Archive, S::Archived),
+        (S::Escalated, Archive, S::Archived),
+        (S::Closed, Archive, S::Archived),
+    ]
+};
+
 fn is_center(tier: Tier) -> bool {
     matches!(tier, Tier::Street | Tier::District)
+}
+
+/// Who may take a step where, beyond its row: the tier holding the case, a command center for the
+/// center's steps, the village for the field's answers; the upper tier exists for 上报 and a lower
+/// center for 交办; a check's outcome for closing and rework; a department for its steps.
+fn allowed(m: &Model, command: Command, tier: Tier) -> bool {
+    use Command::*;
+    if tier != m.owner {
+        return false;
+    }
+    match command {
+        Sign | SignAsAnotherDepartment | Return | Handle | RequestDelay | RequestHang => {
+            m.department
+        }
+        ConfirmCheck(_) => tier == Tier::Village && m.check == Some(None),
+        ConfirmVerification(_) | ApproveSelfHandled | RejectSelfHandled => tier == Tier::Village,
+        Escalate => tier == Tier::Street,
+        Assign => tier == Tier::District,
+        // A dispatch of a handed-down case only while no department has it.
+        Dispatch => is_center(tier) && (m.state == S::Accepted || !m.department),
+        Close => is_center(tier) && m.check == Some(Some(true)),
+        Rework => is_center(tier) && m.check == Some(Some(false)),
+        Accept | Reject | RequestCheck | RequestVerification | RequestVoid | DecideVoid(_)
+        | DecideReturn(_) | DecideDelay(_) | DecideHang(_) | Resume | Reopen | Archive | Merge => {
+            is_center(tier)
+        }
+        Supervise => true,
+    }
 }
 
 /// The model's next case, or None when the step is illegal at `tier`.
 fn model_step(m: &Model, command: Command, tier: Tier) -> Option<Model> {
     use Command::*;
-    if tier != m.owner {
+    if !allowed(m, command, tier) {
         return None;
     }
-    let center = is_center(tier);
     let mut next = m.clone();
-    let to = |next: &mut Model, state| next.state = state;
-    match (command, m.state) {
-        (Accept, S::Reported | S::Escalated) if center => to(&mut next, S::Accepted),
-        (Reject, S::Reported | S::Escalated) if center => to(&mut next, S::Rejected),
-        (Dispatch, S::Accepted) if center => {
-            to(&mut next, S::Dispatched);
+    if command == Supervise {
+        // 督办 is a flag of the case, not a transition: any open stage.
+        return (!matches!(
+            m.state,
+            S::SelfHandled | S::Closed | S::Rejected | S::Void | S::Merged | S::Archived
+        ))
+        .then_some(next);
+    }
+    let (_, _, to) = TABLE
+        .iter()
+        .chain(BEYOND_THE_TABLE)
+        .find(|(from, c, _)| *from == m.state && *c == command)?;
+    next.state = *to;
+    match command {
+        Dispatch => {
+            next.department = true;
             next.check = None;
         }
-        (Sign, S::Dispatched) => to(&mut next, S::InProgress),
-        (Return, S::Dispatched | S::InProgress) => {
-            next.resumes_to = m.state;
-            to(&mut next, S::ReturnRequested);
+        Assign => {
+            next.owner = Tier::Street;
+            next.department = false;
+            next.check = None;
         }
-        (Handle, S::InProgress) => to(&mut next, S::Handled),
-        (RequestCheck, S::Handled) if center => {
-            to(&mut next, S::Checking);
+        Escalate => {
+            next.owner = Tier::District;
+            next.department = false;
+        }
+        RequestCheck => {
             next.check = Some(None);
             next.asked_by = tier;
             next.owner = Tier::Village;
         }
-        (ConfirmCheck(passed), S::Checking) if tier == Tier::Village && m.check == Some(None) => {
+        ConfirmCheck(passed) => {
             next.check = Some(Some(passed));
             next.owner = m.asked_by;
         }
-        (Close, S::Checking) if center && m.check == Some(Some(true)) => to(&mut next, S::Closed),
-        (Rework, S::Checking) if center && m.check == Some(Some(false)) => {
-            to(&mut next, S::Dispatched);
-            next.check = None;
-        }
-        (Escalate, S::Reported | S::Accepted) if tier == Tier::Street => {
-            to(&mut next, S::Escalated);
-            next.owner = Tier::District;
-        }
-        (RequestVerification, S::Reported | S::Escalated) if center => {
-            to(&mut next, S::Verifying);
+        RequestVerification => {
             next.asked_by = tier;
             next.owner = Tier::Village;
         }
-        (ConfirmVerification(genuine), S::Verifying) if tier == Tier::Village => {
-            to(&mut next, if genuine { S::Accepted } else { S::Rejected });
-            next.owner = m.asked_by;
-        }
-        (RequestVoid, S::Accepted) if center => {
-            next.resumes_to = S::Accepted;
-            to(&mut next, S::VoidRequested);
-        }
-        (DecideVoid(approve), S::VoidRequested) if center => {
-            to(&mut next, if approve { S::Void } else { m.resumes_to });
-        }
-        (DecideReturn(approve), S::ReturnRequested) if center => {
-            to(&mut next, if approve { S::Accepted } else { m.resumes_to });
-        }
-        (RequestDelay, S::InProgress) => {
-            next.resumes_to = S::InProgress;
-            to(&mut next, S::DelayRequested);
-        }
-        (DecideDelay(_), S::DelayRequested) if center => to(&mut next, S::InProgress),
-        (RequestHang, S::InProgress) => {
-            next.resumes_to = S::InProgress;
-            to(&mut next, S::HangRequested);
-        }
-        (DecideHang(approve), S::HangRequested) if center => {
-            to(&mut next, if approve { S::Hung } else { S::InProgress });
-        }
-        (Resume, S::Hung) if center => to(&mut next, S::InProgress),
-        (Reopen, S::Closed) if center => {
-            to(&mut next, S::Accepted);
+        ConfirmVerification(_) => next.owner = m.asked_by,
+        RejectSelfHandled => next.owner = Tier::Street,
+        Rework => next.check = None,
+        Reopen => {
             next.check = None;
+            next.department = false;
         }
-        (Archive, S::Reported | S::Escalated | S::Closed) if center => to(&mut next, S::Archived),
-        (Merge, S::Reported | S::Escalated | S::Accepted) if center => to(&mut next, S::Merged),
-        (
-            Supervise,
-            S::Reported
-            | S::Verifying
-            | S::Escalated
-            | S::Accepted
-            | S::VoidRequested
-            | S::ReturnRequested
-            | S::Dispatched
-            | S::InProgress
-            | S::DelayRequested
-            | S::HangRequested
-            | S::Hung
-            | S::Handled
-            | S::Checking,
-        ) => {}
-        (ApproveSelfHandled, S::SelfHandled) if tier == Tier::Village => to(&mut next, S::Closed),
-        (RejectSelfHandled, S::SelfHandled) if tier == Tier::Village => {
-            to(&mut next, S::Reported);
-            next.owner = Tier::Street;
-        }
-        _ => return None,
+        DecideReturn(true) => next.department = false,
+        _ => {}
     }
-    if !matches!(
+    // A request waits for its decision and goes back to where it was asked.
+    if matches!(
         next.state,
         S::VoidRequested | S::ReturnRequested | S::DelayRequested | S::HangRequested
     ) {
+        next.resumes_to = m.state;
+    } else {
         next.resumes_to = S::Unspecified;
     }
     Some(next)
@@ -272,13 +345,14 @@ fn model_of(case: &pb::Case) -> Model {
     Model {
         state: case.state(),
         owner: case.owner.as_ref().map(|o| o.tier()).unwrap_or_default(),
+        department: !case.department_code.is_empty(),
         check,
         asked_by: case.check_requested_by(),
         resumes_to: case.resumes_to(),
     }
 }
 
-fn kind(command: Command, case: &pb::Case) -> Kind {
+fn kind(command: Command, case: &pb::Case, tier: Tier) -> Kind {
     use Command::*;
     let reason = || "因为".to_owned();
     let department = || DEPARTMENT.to_owned();
@@ -291,6 +365,12 @@ fn kind(command: Command, case: &pb::Case) -> Kind {
         Reject => Kind::Rejected(pb::Rejected { reason: reason() }),
         Dispatch => Kind::Dispatched(pb::Dispatched {
             department_code: department(),
+            ..Default::default()
+        }),
+        // As the console asks for it: to the tier below the one acting.
+        Assign => Kind::Dispatched(pb::Dispatched {
+            department_code: String::new(),
+            to_tier: wangge_domain::case::lower_tier(tier).unwrap_or_default() as i32,
         }),
         Sign => Kind::Signed(pb::Signed {
             department_code: department(),
@@ -444,7 +524,7 @@ fn drive(self_handled: bool, steps: Vec<Step>) -> Result<Vec<S>, TestCaseError> 
             Command::SignAsAnotherDepartment => None,
             _ => model_step(&model_of(&case), command, tier),
         };
-        let mut next_event = event(case.version + 1, tier, role, kind(command, &case));
+        let mut next_event = event(case.version + 1, tier, role, kind(command, &case, tier));
         match (apply(Some(&case), &next_event), expected) {
             (Ok(next), Some(model)) => {
                 prop_assert_eq!(

@@ -29,7 +29,7 @@ pub enum Right {
     ReviewSelfHandled,
     /// 受理: accept a case, ask for a check, send it back for rework, escalate it.
     Accept,
-    /// 派遣: dispatch to a department.
+    /// 派遣: dispatch to a department; 交办: hand a case down to a lower tier's center.
     Dispatch,
     /// 结案: close a case.
     Close,
@@ -37,7 +37,7 @@ pub enum Right {
     Void,
     /// 审批: decide a void, a return, a first standard extension; reopen or archive a case.
     Approve,
-    /// 领导审批: decide hanging a case, a second or a longer extension.
+    /// 领导审批: decide hanging a case, a second extension request or a longer one.
     Lead,
     /// 签收/回退/处置: a department's steps on a case dispatched to it.
     Handle,
@@ -53,7 +53,8 @@ pub enum Right {
     Admin,
 }
 
-/// The roles that hold a right.
+/// The roles that hold a right, the least senior first: a caller holding several of them acts in
+/// the first (see [`authorize`]) unless the step needs a more senior one ([`Grant::in_role_of`]).
 pub fn roles_for(right: Right) -> &'static [pb::Role] {
     use pb::Role::*;
     match right {
@@ -135,11 +136,25 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Error> {
     })
 }
 
+/// 延期审批: the roles that may decide the extension `case` asks for, the least senior first. The
+/// duty chief decides a first request within the category's standard extension; a second request
+/// (the first one granted or not) or one longer than the standard (`longer_than_standard`, also
+/// where the category has none) needs the center's leader.
+pub fn delay_deciders(case: &pb::Case, longer_than_standard: bool) -> &'static [pb::Role] {
+    if case.delay_requests > 1 || longer_than_standard {
+        roles_for(Right::Lead)
+    } else {
+        roles_for(Right::Approve)
+    }
+}
+
 /// What a caller was granted for one call: the role it acts in and where.
 #[derive(Debug, Clone)]
 pub struct Grant {
     subject: String,
     role: pb::Role,
+    /// Every role of the caller that holds `right`, in the order of [`roles_for`].
+    roles: Vec<pb::Role>,
     right: Right,
     /// The grid-code prefixes the right applies in (empty for department handlers).
     scopes: Vec<OrgScope>,
@@ -149,7 +164,14 @@ pub struct Grant {
 /// Grants `right` at `tier` to `caller`, or says why not.
 pub fn authorize(caller: &Caller, right: Right, tier: pb::Tier) -> Result<Grant, Error> {
     let roles = roles_for(right);
-    let Some(&role) = caller.roles.iter().find(|r| roles.contains(r)) else {
+    // In the order of the right's roles, not of the token's: a caller holding several acts in the
+    // least senior, whatever order its identity provider listed them in.
+    let holding: Vec<pb::Role> = roles
+        .iter()
+        .copied()
+        .filter(|r| caller.roles.contains(r))
+        .collect();
+    let Some(&role) = holding.first() else {
         let names: Vec<&str> = roles.iter().map(|&r| role_name(r)).collect();
         return Err(Error::PermissionDenied(format!(
             "{} needs the role {}; {} holds {}",
@@ -166,7 +188,7 @@ pub fn authorize(caller: &Caller, right: Right, tier: pb::Tier) -> Result<Grant,
         .filter(|o| level.is_none_or(|l| o.level() == l))
         .cloned()
         .collect();
-    let departments = if role == pb::Role::DepartmentHandler {
+    let departments = if holding.contains(&pb::Role::DepartmentHandler) {
         caller.departments.clone()
     } else {
         Vec::new()
@@ -185,6 +207,7 @@ pub fn authorize(caller: &Caller, right: Right, tier: pb::Tier) -> Result<Grant,
     Ok(Grant {
         subject: caller.subject.clone(),
         role,
+        roles: holding,
         right,
         scopes,
         departments,
@@ -215,6 +238,27 @@ impl Grant {
 
     pub fn role(&self) -> pb::Role {
         self.role
+    }
+
+    /// The grant acting in the first of `roles` the caller holds: what a step whose role depends
+    /// on the case (an extension that needs the leader) asks for on the case as locked. The
+    /// history then records the role the step needed.
+    pub fn in_role_of(&self, roles: &[pb::Role]) -> Result<Grant, Error> {
+        let Some(&role) = roles.iter().find(|r| self.roles.contains(r)) else {
+            let names: Vec<&str> = roles.iter().map(|&r| role_name(r)).collect();
+            let held: Vec<&str> = self.roles.iter().map(|&r| role_name(r)).collect();
+            return Err(Error::PermissionDenied(format!(
+                "{} needs the role {} here; {} acts as {}",
+                describe(self.right),
+                names.join(" or "),
+                self.subject,
+                held.join(", ")
+            )));
+        };
+        Ok(Grant {
+            role,
+            ..self.clone()
+        })
     }
 
     fn outside(&self, what: String) -> Error {
@@ -360,6 +404,82 @@ mod tests {
         assert!(denied(grant.narrow("350205002007")));
         assert!(grant.check_grid("350205002006002").is_ok());
         assert!(denied(grant.check_grid("350205002006003")));
+    }
+
+    #[test]
+    fn a_caller_with_several_roles_acts_in_the_one_the_step_needs() {
+        // The token lists the duty chief first; the order must not matter.
+        let both = caller(
+            &[pb::Role::DutyChief, pb::Role::Leader],
+            &["350205002"],
+            &[],
+        );
+        let grant = authorize(&both, Right::Approve, pb::Tier::Street).unwrap();
+        assert_eq!(
+            grant.role(),
+            pb::Role::DutyChief,
+            "the least senior that suffices"
+        );
+        let leader = grant.in_role_of(roles_for(Right::Lead)).unwrap();
+        assert_eq!(leader.actor().role(), pb::Role::Leader);
+        let reversed = caller(
+            &[pb::Role::Leader, pb::Role::DutyChief],
+            &["350205002"],
+            &[],
+        );
+        let grant = authorize(&reversed, Right::Approve, pb::Tier::Street).unwrap();
+        assert_eq!(grant.role(), pb::Role::DutyChief);
+        // A duty chief alone is refused what needs the leader; a leader alone may decide what a
+        // duty chief may.
+        let chief = caller(&[pb::Role::DutyChief], &["350205002"], &[]);
+        let grant = authorize(&chief, Right::Approve, pb::Tier::Street).unwrap();
+        assert!(denied(grant.in_role_of(roles_for(Right::Lead))));
+        let leader = caller(&[pb::Role::Leader], &["350205002"], &[]);
+        let grant = authorize(&leader, Right::Approve, pb::Tier::Street).unwrap();
+        let acting = grant.in_role_of(roles_for(Right::Approve)).unwrap();
+        assert_eq!(acting.role(), pb::Role::Leader);
+    }
+
+    #[test]
+    fn a_second_delay_request_or_a_longer_one_needs_the_leader() {
+        use wangge_domain::clock::{Limit, LimitUnit};
+        let day = chrono::Duration::hours(7);
+        let four_hours = Limit {
+            amount: 4,
+            unit: LimitUnit::WorkingHours,
+        };
+        let asking = |amount: u32, unit: pb::TimeUnit, requests: u32| pb::Case {
+            requested_extension: Some(pb::TimeLimit {
+                amount,
+                unit: unit as i32,
+            }),
+            delay_requests: requests,
+            ..Default::default()
+        };
+        let chief_or_leader = roles_for(Right::Approve);
+        let leader = roles_for(Right::Lead);
+        let longer = |case: &pb::Case, standard| {
+            crate::console::extension_longer_than_standard(case, standard, day)
+        };
+        // A first request within the standard: the duty chief.
+        let first = asking(4, pb::TimeUnit::WorkingHours, 1);
+        assert!(!longer(&first, Some(four_hours)));
+        assert_eq!(
+            delay_deciders(&first, longer(&first, Some(four_hours))),
+            chief_or_leader
+        );
+        // Longer than the standard (a working day is 7 working hours here), or no standard.
+        let long = asking(1, pb::TimeUnit::WorkingDays, 1);
+        assert!(longer(&long, Some(four_hours)));
+        assert_eq!(delay_deciders(&long, true), leader);
+        assert!(longer(&first, None));
+        // The second request, whatever became of the first (denied: nothing was extended).
+        let second = asking(1, pb::TimeUnit::WorkingHours, 2);
+        assert!(second.extensions.is_empty());
+        assert_eq!(
+            delay_deciders(&second, longer(&second, Some(four_hours))),
+            leader
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The services every tier answers from its own replica: case queries and the registry.
 
+use std::collections::HashSet;
+
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 use wangge_domain::case::{state_name, tier_name};
 use wangge_proto as pb;
 use wangge_store::{cases, registry};
@@ -19,6 +22,45 @@ fn grant<T>(shared: &Shared, request: &Request<T>, right: Right) -> Result<Grant
     authorize(caller(request)?, right, shared.engine.tier())
 }
 
+/// How many merged cases [`may_read`] looks through for the caller's report, at most: a chain
+/// of merges is short in practice, and a read must not walk an unbounded graph.
+const MERGED_LOOKUPS: usize = 64;
+
+/// The caller may read `case` and its history: it lies in their scope, or they reported it or a
+/// case merged into it, directly or through a chain of merges (A into B, B into C: A's reporter
+/// follows C). A reporter stays linked to the outcome of what they reported, wherever they are
+/// scoped now.
+async fn may_read(shared: &Shared, grant: &Grant, case: &pb::Case) -> Result<(), Error> {
+    let Err(refused) = grant.check_case(case) else {
+        return Ok(());
+    };
+    let me = grant.actor().id;
+    let reported_by_me = |c: &pb::Case| c.reporter.as_ref().is_some_and(|r| r.id == me);
+    if reported_by_me(case) {
+        return Ok(());
+    }
+    let mut seen: HashSet<String> = HashSet::from([case.id.clone()]);
+    let mut next: Vec<pb::MergedCase> = case.merged.clone();
+    while let Some(merged) = next.pop() {
+        if merged.reporter.as_ref().is_some_and(|r| r.id == me) {
+            return Ok(());
+        }
+        if seen.len() > MERGED_LOOKUPS || !seen.insert(merged.case_id.clone()) {
+            continue;
+        }
+        // Cases merged into the merged one follow it too.
+        let Ok(id) = Uuid::parse_str(&merged.case_id) else {
+            continue;
+        };
+        match shared.engine.case(id).await {
+            Ok(earlier) => next.extend(earlier.merged),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(refused)
+}
+
 /// Database state names of parsed states.
 pub fn state_names(states: &[pb::CaseState]) -> Vec<String> {
     states.iter().map(|&s| state_name(s).to_owned()).collect()
@@ -33,15 +75,7 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         let grant = grant(&self.0, &request, Right::Read)?;
         let id = validate::case_id(&request.get_ref().case_id)?;
         let case = self.0.engine.case(id).await?;
-        // The reporter of a case merged into this one follows its outcome, wherever it lies.
-        let follows = case.merged.iter().any(|m| {
-            m.reporter
-                .as_ref()
-                .is_some_and(|r| r.id == grant.actor().id)
-        });
-        if !follows {
-            grant.check_case(&case)?;
-        }
+        may_read(&self.0, &grant, &case).await?;
         Ok(Response::new(self.0.engine.with_clocks(case)))
     }
 
@@ -52,8 +86,8 @@ impl pb::case_query_service_server::CaseQueryService for Cases {
         let grant = grant(&self.0, &request, Right::Read)?;
         let id = validate::case_id(&request.get_ref().case_id)?;
         // Scope checks first: a case outside the tier's scope does not exist here, one outside
-        // the caller's is not theirs to read.
-        grant.check_case(&self.0.engine.case(id).await?)?;
+        // the caller's is not theirs to read (unless they follow it as a reporter).
+        may_read(&self.0, &grant, &self.0.engine.case(id).await?).await?;
         let events = cases::events(self.0.engine.pool(), id)
             .await
             .map_err(Error::from)?;
