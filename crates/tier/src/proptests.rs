@@ -601,7 +601,10 @@ proptest! {
             prop_assert!((1..=10_000).contains(&ask.extension.amount));
             prop_assert!(matches!(
                 pb::TimeUnit::try_from(ask.extension.unit),
-                Ok(pb::TimeUnit::Minutes | pb::TimeUnit::WorkingHours | pb::TimeUnit::WorkingDays)
+                Ok(pb::TimeUnit::Minutes
+                    | pb::TimeUnit::WorkingMinutes
+                    | pb::TimeUnit::WorkingHours
+                    | pb::TimeUnit::WorkingDays)
             ));
             assert_id(&ask.action.department_code, MAX_CODE_CHARS, b".");
             // The reason is the note of the step, and a delay needs one.
