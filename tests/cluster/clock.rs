@@ -107,22 +107,7 @@ async fn supervisions(clients: &TierClients, case: &pb::Case, count: usize) -> V
 }
 
 async fn accept_dispatch_sign(clients: &TierClients, case: &pb::Case) -> pb::Case {
-    let mut console = clients.street_console();
-    console
-        .accept_case(as_actor(STREET_OPERATOR, action(case, "")))
-        .await
-        .unwrap();
-    console
-        .dispatch_case(as_actor(
-            STREET_OPERATOR,
-            pb::DispatchCaseRequest {
-                case_id: case.id.clone(),
-                department_code: DEPARTMENT.into(),
-                note: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    accept_and_dispatch(clients, case).await;
     clients
         .street_departments()
         .sign_case(as_actor(

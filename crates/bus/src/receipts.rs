@@ -27,6 +27,17 @@ use crate::{Error, receipt_filter, receipt_of_subject, receipt_subject};
 
 /// Most event ids in one receipt message.
 const MAX_IDS: usize = 1000;
+/// What an event id costs in a receipt: 36 characters and its field's tag and length.
+const BYTES_PER_ID: usize = 40;
+/// Room left in a message for the envelope, the subject and the headers.
+const ROOM: usize = 1024;
+
+/// How many ids a receipt may carry on a server that takes messages of `max_payload` bytes: a
+/// server configured below NATS's default 1 MiB must not see its receipts refused (1 000 ids are
+/// some 40 KB).
+fn ids_per_receipt(max_payload: usize) -> usize {
+    (max_payload.saturating_sub(ROOM) / BYTES_PER_ID).clamp(1, MAX_IDS)
+}
 
 /// An event this tier holds, to confirm to its author.
 #[derive(Debug, Clone)]
@@ -66,7 +77,7 @@ impl ReceiptSender {
         for ((author, community), ids) in groups {
             let author = Tier::try_from(author).unwrap_or_default();
             let subject = receipt_subject(author, &community, self.tier);
-            for chunk in ids.chunks(MAX_IDS) {
+            for chunk in ids.chunks(ids_per_receipt(self.client.max_payload())) {
                 let envelope = pb::Envelope {
                     event_id: String::new(),
                     trace: Default::default(),
@@ -282,6 +293,29 @@ mod tests {
             decode(other_street, &receipt(Tier::Street, "350205002", &[id])),
             Err(NotAReceipt::Forged(_))
         ));
+    }
+
+    #[test]
+    fn a_receipt_fits_the_servers_payload_limit() {
+        let ids: Vec<String> = (0..MAX_IDS).map(|_| Uuid::now_v7().to_string()).collect();
+        for max_payload in [4 * 1024, 16 * 1024, 64 * 1024, 1024 * 1024] {
+            let per = ids_per_receipt(max_payload);
+            let envelope = pb::Envelope {
+                event_id: String::new(),
+                trace: Default::default(),
+                body: Some(pb::envelope::Body::Receipt(pb::Receipt {
+                    tier: Tier::District as i32,
+                    org_prefix: "350205".into(),
+                    event_ids: ids[..per].to_vec(),
+                })),
+            };
+            assert!(
+                envelope.encoded_len() + ROOM / 2 <= max_payload,
+                "{per} ids in {max_payload} bytes"
+            );
+        }
+        assert_eq!(ids_per_receipt(1024 * 1024), MAX_IDS);
+        assert_eq!(ids_per_receipt(0), 1);
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Engine {
         self.time.advance_by(by)
     }
 
+    /// The largest message the bus carries now, as [`EventLimit`] says.
+    pub fn event_limit(&self) -> usize {
+        self.max_event_bytes.bytes()
+    }
+
     /// The rules the clocks run on.
     pub fn rules(&self) -> Arc<Rules> {
         // A poisoned lock still holds whole rules: the writer only swaps an Arc.

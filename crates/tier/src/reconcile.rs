@@ -80,6 +80,23 @@ struct Tally {
 /// Most marks per answer, and cases asked about at once.
 const MARKS_PAGE: i64 = 2000;
 pub(crate) const CASES_PER_ASK: usize = 500;
+/// What a case id costs in a request, and a case mark (id and version) in an answer.
+const BYTES_PER_ID: usize = 40;
+const BYTES_PER_MARK: usize = 48;
+
+/// The cases one request may name when a message may be `limit` bytes: a bus configured below
+/// NATS's default 1 MiB must still carry reconciliation (500 ids are some 20 KB, a page of marks
+/// some 100 KB).
+fn cases_per_ask(limit: usize) -> usize {
+    (limit / BYTES_PER_ID).clamp(1, CASES_PER_ASK)
+}
+
+/// The marks one answer may carry when a message may be `limit` bytes.
+fn marks_per_page(limit: usize) -> i64 {
+    i64::try_from(limit / BYTES_PER_MARK)
+        .unwrap_or(MARKS_PAGE)
+        .clamp(1, MARKS_PAGE)
+}
 /// The first full run comes this long after the start.
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
 /// A stuck case is asked about at most this often.
@@ -406,7 +423,7 @@ impl Reconciler {
             }
         }
         for (community, case_ids) in by_community {
-            for chunk in case_ids.chunks(CASES_PER_ASK) {
+            for chunk in case_ids.chunks(cases_per_ask(self.engine.event_limit())) {
                 let request = pb::MarksRequest {
                     community_code: community.to_string(),
                     case_ids: chunk.to_vec(),
@@ -568,14 +585,15 @@ impl Responder for Answers {
     ) -> Result<pb::MarksReply, String> {
         self.check(&community, &request.community_code)?;
         let (which, after) = marks_asked(community.prefix(), &request)?;
-        let marks = sync::marks(self.engine.pool(), &which, after, MARKS_PAGE + 1)
+        let page = marks_per_page(self.max_bytes.bytes());
+        let marks = sync::marks(self.engine.pool(), &which, after, page + 1)
             .await
             .map_err(|e| e.to_string())?;
-        let more = marks.len() as i64 > MARKS_PAGE;
+        let more = marks.len() as i64 > page;
         Ok(pb::MarksReply {
             marks: marks
                 .into_iter()
-                .take(MARKS_PAGE as usize)
+                .take(page as usize)
                 .map(|(id, version)| pb::CaseMark {
                     case_id: id.to_string(),
                     version: version.max(0) as u64,
@@ -610,6 +628,31 @@ impl Responder for Answers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_and_answers_fit_the_bus() {
+        let id = || Uuid::now_v7().to_string();
+        for limit in [4 * 1024, 15 * 1024, 64 * 1024, 1_000_000] {
+            let ask = pb::MarksRequest {
+                community_code: "350205002006".into(),
+                case_ids: (0..cases_per_ask(limit)).map(|_| id()).collect(),
+                ..Default::default()
+            };
+            assert!(ask.encoded_len() <= limit, "{limit}: ask");
+            let answer = pb::MarksReply {
+                marks: (0..marks_per_page(limit))
+                    .map(|_| pb::CaseMark {
+                        case_id: id(),
+                        version: u64::from(u32::MAX),
+                    })
+                    .collect(),
+                more: true,
+            };
+            assert!(answer.encoded_len() <= limit, "{limit}: answer");
+        }
+        assert_eq!(cases_per_ask(1_000_000), CASES_PER_ASK);
+        assert_eq!(marks_per_page(1_000_000), MARKS_PAGE);
+    }
 
     #[test]
     fn days_differ_when_counts_hashes_or_presence_differ() {
