@@ -631,6 +631,7 @@ mod tests {
 
     #[test]
     fn requests_and_answers_fit_the_bus() {
+        use prost::Message as _;
         let id = || Uuid::now_v7().to_string();
         for limit in [4 * 1024, 15 * 1024, 64 * 1024, 1_000_000] {
             let ask = pb::MarksRequest {
