@@ -920,6 +920,22 @@ async fn a_departments_work_list_is_ordered_over_all_its_open_cases_then_cut_int
         .into_inner();
     assert_eq!(first.cases.len(), 100);
     assert_eq!(first.cases[0].id, urgent.id);
+    // A list is read whole up to a bound, in pages of 500 from the oldest: asked for at most 600,
+    // it stops after the second page, and what it left out are the newest.
+    let filter = wangge_store::cases::Filter {
+        states: vec!["dispatched".into(), "in_progress".into()],
+        grid_prefixes: vec![wangge_tests::cluster::STREET_SCOPE.into()],
+        department: Some(DEPARTMENT.into()),
+        ..Default::default()
+    };
+    let bounded = wangge_tier::worklist::read_up_to(&pool, filter.clone(), 600)
+        .await
+        .unwrap();
+    let whole = wangge_tier::worklist::read_up_to(&pool, filter, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!((bounded.len(), whole.len()), (1000, WAITING + 2));
+    assert_eq!(bounded[..], whole[..1000]);
     cluster.stop().await;
 }
 
