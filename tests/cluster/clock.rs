@@ -896,14 +896,20 @@ async fn a_departments_work_list_is_ordered_over_all_its_open_cases_then_cut_int
         (urgent.id.as_str(), short.id.as_str()),
         "the urgent case first, then the one with the least time left, though reported last"
     );
-    // The rest in the order of their time left, across the pages.
-    let left: Vec<i64> = listed[1..]
+    // The rest in the order of their time left, across the pages: by deadline, which does not
+    // move while the clocks run (the pages are read, and each case's clock worked out, at
+    // moments a second or so apart, so time left may tick between two neighbours).
+    let deadlines: Vec<i64> = listed[1..]
         .iter()
-        .map(|c| stage_clock(c).left_seconds)
+        .map(|c| stage_clock(c).deadline.unwrap().seconds)
         .collect();
     assert!(
-        left.windows(2).all(|w| w[0] <= w[1]),
-        "least time left first: {left:?}"
+        deadlines.windows(2).all(|w| w[0] <= w[1] + 2),
+        "least time left first: {deadlines:?}"
+    );
+    assert!(
+        deadlines[0] + 3600 < deadlines[1],
+        "the short limit well ahead"
     );
     // The default page is 100.
     let first = clients
