@@ -254,21 +254,26 @@ async fn a_message_that_fails_in_the_database_is_set_aside_alone() {
         clients.converged(&event.case_id, 1).await;
     }
     for channel in [&clients.village, &clients.street, &clients.district] {
-        let status = eventually("the dead letter", Duration::from_secs(15), || async {
-            let status = tier_status(channel).await;
-            (status.dead_letters == 1).then_some(status)
-        })
-        .await;
-        assert!(
-            status
-                .problems
-                .iter()
-                .any(|p| p.contains("1 incoming dead letters")),
-            "{:?}",
-            status.problems
-        );
+        one_dead_letter_in_status(channel, Duration::from_secs(15)).await;
     }
     cluster.stop().await;
+}
+
+/// Waits `within` for the tier's status to count one dead letter, and checks it lists it as a problem.
+async fn one_dead_letter_in_status(channel: &wangge_tests::Channel, within: Duration) {
+    let status = eventually("the dead letter", within, || async {
+        let status = tier_status(channel).await;
+        (status.dead_letters == 1).then_some(status)
+    })
+    .await;
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.contains("1 incoming dead letters")),
+        "{:?}",
+        status.problems
+    );
 }
 
 /// The reasons of the incoming dead letters a tier keeps.
@@ -313,19 +318,7 @@ async fn an_event_id_used_by_two_different_events_is_set_aside_once_and_the_rest
         (Tier::Street, &clients.street, &cluster.street.db),
         (Tier::District, &clients.district, &cluster.district.db),
     ] {
-        let status = eventually("the dead letter", Duration::from_secs(5), || async {
-            let status = tier_status(channel).await;
-            (status.dead_letters == 1).then_some(status)
-        })
-        .await;
-        assert!(
-            status
-                .problems
-                .iter()
-                .any(|p| p.contains("1 incoming dead letters")),
-            "{tier:?}: {:?}",
-            status.problems
-        );
+        one_dead_letter_in_status(channel, Duration::from_secs(5)).await;
         let reasons = incoming_dead_letters(db).await;
         assert_eq!(reasons.len(), 1, "{tier:?}: {reasons:?}");
         assert!(

@@ -106,6 +106,16 @@ async fn supervisions(clients: &TierClients, case: &pb::Case, count: usize) -> V
     .await
 }
 
+/// The street console's live watch of its whole scope.
+async fn street_watch(clients: &TierClients) -> tonic::Streaming<pb::CaseUpdate> {
+    clients
+        .street_console()
+        .watch_cases(as_actor(STREET_OPERATOR, pb::WatchCasesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn accept_dispatch_sign(clients: &TierClients, case: &pb::Case) -> pb::Case {
     accept_and_dispatch(clients, case).await;
     clients
@@ -129,12 +139,7 @@ async fn lights_turn_yellow_then_red_and_raise_one_supervision_each_that_the_con
     to_next_monday_morning(&time);
     let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
-    let mut watch = clients
-        .street_console()
-        .watch_cases(as_actor(STREET_OPERATOR, pb::WatchCasesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = street_watch(&clients).await;
 
     // 受理: 20 minutes of wall-clock time at the street.
     let case = report_case(&clients, GRID).await;
@@ -326,12 +331,7 @@ async fn a_watch_is_sent_a_light_that_changes_without_an_event() {
     to_next_monday_morning(&time);
     let cluster = Cluster::start_on_time(&time).await;
     let clients = cluster.clients().await;
-    let mut watch = clients
-        .street_console()
-        .watch_cases(as_actor(STREET_OPERATOR, pb::WatchCasesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = street_watch(&clients).await;
     let case = report_case(&clients, GRID).await;
     clients.converged(&case.id, 1).await;
     next_update(&mut watch, &case, "the report", |u| u.event.is_some()).await;
